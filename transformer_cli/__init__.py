@@ -1,0 +1,3 @@
+"""tformer: train and evaluate Transformer models from Hydra configs."""
+
+__version__ = "0.1.0"

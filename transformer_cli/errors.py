@@ -1,0 +1,15 @@
+"""The one exception type for a user's mistake: bad config, bad data, bad checkpoint."""
+
+from __future__ import annotations
+
+
+class TformerError(Exception):
+    """A problem the user can fix; the CLI prints it without a traceback and exits non-zero."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
