@@ -1,0 +1,200 @@
+"""Self-describing checkpoints in safe formats: safetensors weights, YAML config, JSON for the rest.
+
+A checkpoint is a directory:
+    model.safetensors   weights (no pickle)
+    config.yaml         the resolved training config (rebuilds model, data and loss)
+    tokenizer.json      the trained vocabulary
+    task.json           what the task learned from the data (label names, target scaling)
+    meta.json           format tag and version, step, metrics, versions of tformer and torch
+    manifest.json       sha256 and size of every file above; written last, so its presence means complete
+It is written to a temporary sibling directory, fsynced, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from torch import nn
+
+from transformer_cli import __version__
+from transformer_cli.data.tokenize import load_tokenizer, save_tokenizer
+from transformer_cli.errors import TformerError
+
+FORMAT = "tformer-checkpoint"
+VERSION = 1
+FILES = ("model.safetensors", "config.yaml", "tokenizer.json", "task.json", "meta.json")
+
+
+@dataclass
+class Checkpoint:
+    """Everything read back from a checkpoint directory."""
+
+    path: Path
+    weights: dict[str, torch.Tensor]
+    config: DictConfig
+    tokenizer: Tokenizer
+    task_state: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def save_checkpoint(path: Path, model: nn.Module, config: DictConfig, tokenizer: Tokenizer,
+                    task_state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write a complete checkpoint at `path`, replacing any previous one only once the new one is whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
+        save_tokenizer(tokenizer, tmp / "tokenizer.json")
+        _write_json(tmp / "task.json", task_state)
+        _write_json(tmp / "meta.json", {"format": FORMAT, "version": VERSION, "tformer": __version__,
+                                        "torch": torch.__version__, **meta})
+        _write_json(tmp / "manifest.json", {name: _describe(tmp / name) for name in FILES})
+        for name in (*FILES, "manifest.json"):
+            _fsync(tmp / name)
+        _swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path`; an existing checkpoint is moved aside first and removed last."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory or a run directory (its checkpoints/best)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise TformerError(f"checkpoint path {p} does not exist",
+                           hint="pass ckpt=<run dir> or ckpt=<run dir>/checkpoints/best")
+    if (p / "checkpoints" / "best").is_dir():
+        return p / "checkpoints" / "best"
+    if p.is_file():
+        raise TformerError(f"{p} is a file; a tformer checkpoint is a directory",
+                           hint="pass the directory that holds manifest.json and model.safetensors")
+    return p
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify a checkpoint; nothing in it is executed (safetensors, YAML and JSON only)."""
+    p = resolve_checkpoint(path)
+    manifest = _read_json(p / "manifest.json", p, "manifest.json")
+    _verify(p, manifest)
+    meta = _read_json(p / "meta.json", p, "meta.json")
+    if meta.get("format") != FORMAT:
+        raise TformerError(f"{p} is not a tformer checkpoint (format {meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise TformerError(f"{p} has checkpoint format version {meta.get('version')}; this tformer reads {VERSION}")
+    try:
+        weights = load_file(str(p / "model.safetensors"))
+    except (SafetensorError, OSError) as err:
+        raise TformerError(f"cannot read weights {p / 'model.safetensors'}: {err}") from err
+    try:
+        config = OmegaConf.load(p / "config.yaml")
+    except Exception as err:
+        raise TformerError(f"cannot read {p / 'config.yaml'}: {err}") from err
+    if not isinstance(config, DictConfig):
+        raise TformerError(f"{p / 'config.yaml'} does not hold a mapping")
+    return Checkpoint(path=p, weights=weights, config=config, tokenizer=load_tokenizer(p / "tokenizer.json"),
+                      task_state=_read_json(p / "task.json", p, "task.json"), meta=meta)
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy weights into `model`, naming every missing, unexpected or mis-shaped tensor on failure."""
+    expected = model.state_dict()
+    problems = [f"missing tensor {k} {tuple(v.shape)}" for k, v in expected.items() if k not in weights]
+    problems += [f"unexpected tensor {k} {tuple(v.shape)}" for k, v in weights.items() if k not in expected]
+    problems += [f"{k}: checkpoint has {tuple(weights[k].shape)}, model needs {tuple(v.shape)}"
+                 for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise TformerError(f"the weights in {source} do not fit the model built from its config:\n  {shown}",
+                           hint="the checkpoint was made by a different model shape or edited by hand")
+    model.load_state_dict(weights, strict=True)
+
+
+def _verify(p: Path, manifest: dict[str, Any]) -> None:
+    """Check every listed file exists with the recorded size and sha256."""
+    for name in FILES:
+        entry = manifest.get(name)
+        f = p / name
+        if entry is None:
+            raise TformerError(f"{p}/manifest.json does not list {name}; not a tformer checkpoint")
+        if not f.is_file():
+            raise TformerError(f"checkpoint {p} is incomplete: {name} is missing")
+        actual = _describe(f)
+        if actual != entry:
+            raise TformerError(
+                f"checkpoint file {f} is corrupt: sha256 {actual['sha256'][:12]}... size {actual['size']} "
+                f"does not match the manifest ({str(entry.get('sha256'))[:12]}... size {entry.get('size')})",
+                hint="the file was truncated or modified; use another checkpoint (e.g. checkpoints/last)",
+            )
+
+
+def _describe(f: Path) -> dict[str, Any]:
+    """A file's size and sha256."""
+    h = hashlib.sha256()
+    with f.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return {"size": f.stat().st_size, "sha256": h.hexdigest()}
+
+
+def _read_json(f: Path, ckpt: Path, name: str) -> dict[str, Any]:
+    """Read a JSON object from a checkpoint, with a clear error when absent or malformed."""
+    if not f.is_file():
+        raise TformerError(f"{ckpt} is not a tformer checkpoint: {name} is missing",
+                           hint="pass a directory written by tformer train (e.g. <run dir>/checkpoints/best)")
+    try:
+        data = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TformerError(f"{f} is not valid JSON ({err}); the checkpoint is corrupt") from err
+    if not isinstance(data, dict):
+        raise TformerError(f"{f} does not hold a JSON object; the checkpoint is corrupt")
+    return data
+
+
+def _write_json(f: Path, data: dict[str, Any]) -> None:
+    """Write pretty JSON."""
+    f.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _fsync(f: Path) -> None:
+    """Flush a file's contents to disk."""
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(d: Path) -> None:
+    """Flush a directory entry (the rename) to disk."""
+    try:
+        _fsync(d)
+    except OSError:
+        pass  # some filesystems do not allow fsync on directories

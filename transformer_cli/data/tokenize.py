@@ -1,0 +1,74 @@
+"""A subword vocabulary trained on the training split with `tokenizers`, saved with the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from transformer_cli.errors import TformerError
+
+PAD, UNK, CLS, SEP, BOS, EOS = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]"
+SPECIALS = [PAD, UNK, CLS, SEP, BOS, EOS]  # PAD is id 0, the padding id everywhere
+PAD_ID = 0
+
+
+def train_tokenizer(texts: Sequence[str], cfg: Any) -> Tokenizer:
+    """Learn a BPE or WordPiece vocabulary from `texts` and set truncation and [CLS]/[SEP] framing."""
+    if cfg.kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token=UNK))
+        trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                            special_tokens=SPECIALS, show_progress=False)
+        tok.decoder = decoders.WordPiece()
+    else:
+        tok = Tokenizer(models.BPE(unk_token=UNK, continuing_subword_prefix="##"))
+        trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                      special_tokens=SPECIALS, continuing_subword_prefix="##",
+                                      show_progress=False)
+        tok.decoder = decoders.WordPiece()
+    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(_chunks(texts), trainer=trainer, length=len(texts))
+    return frame(tok, cfg.max_length)
+
+
+def frame(tok: Tokenizer, max_length: int) -> Tokenizer:
+    """[CLS] A [SEP] (B [SEP]) framing and truncation to max_length tokens."""
+    cls, sep = tok.token_to_id(CLS), tok.token_to_id(SEP)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1", special_tokens=[(CLS, cls), (SEP, sep)]
+    )
+    tok.enable_truncation(max_length=max_length)
+    tok.no_padding()  # padding happens per batch, in collation
+    return tok
+
+
+def _chunks(texts: Sequence[str], size: int = 1000) -> Iterator[list[str]]:
+    """Feed the trainer in batches, which `tokenizers` processes in parallel."""
+    for i in range(0, len(texts), size):
+        yield list(texts[i : i + size])
+
+
+def encode(tok: Tokenizer, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Texts (and pairs) -> one int32 id array per example, framed and truncated."""
+    inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+    return [np.asarray(e.ids, dtype=np.int32) for e in tok.encode_batch(inputs)]
+
+
+def save_tokenizer(tok: Tokenizer, path: Path) -> None:
+    """Write the tokenizer as JSON (no code, safe to load)."""
+    tok.save(str(path))
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """Read a tokenizer JSON written by save_tokenizer."""
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as err:
+        raise TformerError(f"cannot read tokenizer {path}: {err}") from err
+    if tok.token_to_id(PAD) != PAD_ID:
+        raise TformerError(f"tokenizer {path} does not have {PAD} at id {PAD_ID}; it was not written by tformer")
+    return tok

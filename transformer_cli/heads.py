@@ -1,0 +1,36 @@
+"""Task heads: encoder hidden states -> predictions. One small module per kind of output."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+POOLINGS = ("cls", "mean")
+
+
+def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
+    """(B, T, D) hidden states -> (B, D): the first token, or the mean over real tokens."""
+    if how == "cls":
+        return hidden[:, 0]
+    weights = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class SequenceHead(nn.Module):
+    """Pool the sequence, then a dense tanh layer and a linear map to `num_outputs` values."""
+
+    def __init__(self, d_model: int, num_outputs: int, pooling: str, dropout: float, squeeze: bool) -> None:
+        super().__init__()
+        self.pooling = pooling
+        self.dense = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(d_model, num_outputs)
+        self.squeeze = squeeze  # one output per example: return (B,) rather than (B, 1)
+        for layer in (self.dense, self.proj):
+            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        """(B, T, D) -> (B, num_outputs), or (B,) when squeezed."""
+        x = self.dropout(pool(hidden, mask, self.pooling))
+        out = self.proj(self.dropout(self.dense(x).tanh()))  # (B, K)
+        return out.squeeze(-1) if self.squeeze else out

@@ -1,0 +1,157 @@
+"""The Transformer encoder, top to bottom: embeddings, attention, feed-forward, layer, stack.
+
+Shapes: B batch, T tokens, D d_model, H heads, hs = D // H head size.
+Masks are boolean with True on real tokens; padding keys are never attended to.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from transformer_cli.config import ModelConfig
+
+
+def sinusoidal_table(max_positions: int, d_model: int) -> Tensor:
+    """The fixed sin/cos position table of Vaswani et al., (max_positions, D)."""
+    pos = torch.arange(max_positions, dtype=torch.float32)[:, None]  # (P, 1)
+    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(max_positions, d_model)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div[: d_model // 2])
+    return table
+
+
+class Embeddings(nn.Module):
+    """Token embeddings scaled by sqrt(D), plus sinusoidal or learned positions, then dropout."""
+
+    def __init__(self, vocab_size: int, cfg: ModelConfig, pad_id: int = 0) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, cfg.d_model, padding_idx=pad_id)
+        self.scale = math.sqrt(cfg.d_model)
+        self.learned = cfg.positional == "learned"
+        if self.learned:
+            self.positions = nn.Embedding(cfg.max_positions, cfg.d_model)
+        else:
+            self.register_buffer("table", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """(B, T) token ids -> (B, T, D) vectors."""
+        T = input_ids.shape[1]
+        pos = self.positions.weight[:T] if self.learned else self.table[:T]  # (T, D)
+        return self.dropout(self.tokens(input_ids) * self.scale + pos)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection and PyTorch's SDPA kernel."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.attn_dropout = cfg.attn_dropout
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """(B, T, D) with (B, T) key mask -> (B, T, D)."""
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask[:, None, None, :],  # (B, 1, 1, T): every query sees every real key
+            dropout_p=self.attn_dropout if self.training else 0.0,
+        )  # (B, H, T, hs)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+
+class FeedForward(nn.Module):
+    """Position-wise two-layer MLP."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.act = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        return self.down(self.dropout(self.act(self.up(x))))
+
+
+class EncoderLayer(nn.Module):
+    """Attention and feed-forward sublayers with residuals; LayerNorm before (pre) or after (post)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn = SelfAttention(cfg)
+        self.ff = FeedForward(cfg)
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.pre_norm = cfg.norm == "pre"
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        if self.pre_norm:
+            x = x + self.dropout(self.attn(self.norm1(x), mask))
+            return x + self.dropout(self.ff(self.norm2(x)))
+        x = self.norm1(x + self.dropout(self.attn(x, mask)))
+        return self.norm2(x + self.dropout(self.ff(x)))
+
+
+class Encoder(nn.Module):
+    """Embeddings and a stack of encoder layers; a final LayerNorm in the pre-norm variant."""
+
+    def __init__(self, vocab_size: int, cfg: ModelConfig, pad_id: int = 0) -> None:
+        super().__init__()
+        self.embed = Embeddings(vocab_size, cfg, pad_id)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        self.apply(init_weights)
+        # Tokens are scaled by sqrt(D) in forward; std D^-0.5 gives them unit scale, like the positions.
+        nn.init.normal_(self.embed.tokens.weight, std=cfg.d_model**-0.5)
+        with torch.no_grad():
+            self.embed.tokens.weight[pad_id].zero_()
+
+    def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        """(B, T) ids and (B, T) bool mask -> (B, T, D) hidden states."""
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Small normal init for linear and embedding weights (BERT's 0.02), zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+
+class SequenceModel(nn.Module):
+    """An encoder and a task head: token ids in, task outputs out (the loss lives elsewhere)."""
+
+    def __init__(self, encoder: Encoder, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        """(B, T) ids and mask -> the head's outputs, e.g. (B, C) logits or (B,) values."""
+        return self.head(self.encoder(input_ids, mask), mask)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

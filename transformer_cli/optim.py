@@ -1,0 +1,181 @@
+"""Optimizers and learning-rate schedules, chosen by name from the tables at the bottom."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from transformer_cli.errors import TformerError
+
+
+@dataclass
+class AdamWConfig:
+    """AdamW (decoupled weight decay)."""
+
+    name: str = "adamw"
+    lr: float = 1e-3  # peak learning rate (with noam: the schedule's factor)
+    weight_decay: float = 0.01  # not applied to biases, norms and embeddings
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SGDConfig:
+    """Stochastic gradient descent with optional (Nesterov) momentum."""
+
+    name: str = "sgd"
+    lr: float = 0.1
+    weight_decay: float = 0.0  # not applied to biases, norms and embeddings
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+@dataclass
+class WarmupDecayConfig:
+    """Linear warmup, then constant, linear or cosine decay to min_lr_ratio x peak."""
+
+    name: str = "cosine"  # constant | linear | cosine
+    warmup_steps: int = 0  # takes precedence over warmup_ratio when > 0
+    warmup_ratio: float = 0.0  # fraction of total steps spent warming up
+    min_lr_ratio: float = 0.0  # floor of the decay, as a fraction of the peak
+
+
+@dataclass
+class InverseSqrtConfig:
+    """Linear warmup, then decay proportional to 1/sqrt(step) (fairseq's inverse_sqrt)."""
+
+    name: str = "inverse_sqrt"
+    warmup_steps: int = 1000
+
+
+@dataclass
+class NoamConfig:
+    """The schedule of "Attention Is All You Need": lr x d_model^-0.5 x min(s^-0.5, s x w^-1.5)."""
+
+    name: str = "noam"
+    warmup_steps: int = 4000
+    d_model: int = 128  # the YAML ties it to ${model.d_model}
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split parameters: decay matrices, but not biases, norm weights or embeddings."""
+    decay, no_decay = [], []
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            skip = name == "bias" or isinstance(module, (nn.LayerNorm, nn.Embedding))
+            (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_adamw(cfg: AdamWConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the model's parameter groups."""
+    if len(cfg.betas) != 2:
+        raise TformerError(f"optim.betas needs two values, got {list(cfg.betas)}")
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                             betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps)
+
+
+def build_sgd(cfg: SGDConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD over the model's parameter groups."""
+    return torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                           momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def warmup_steps_of(cfg: Any, total_steps: int) -> int:
+    """Warmup length in optimizer steps, from warmup_steps or warmup_ratio."""
+    if cfg.warmup_steps > 0:
+        return int(cfg.warmup_steps)
+    return int(round(getattr(cfg, "warmup_ratio", 0.0) * total_steps))
+
+
+def warmup_decay(step: int, warmup: int, total: int, kind: str, min_ratio: float) -> float:
+    """LR multiplier at `step` (0-based count of finished updates) for constant/linear/cosine."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    shape = 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * shape
+
+
+def inverse_sqrt(step: int, warmup: int) -> float:
+    """LR multiplier: linear warmup to 1, then sqrt(warmup / step)."""
+    s = step + 1
+    if s < warmup:
+        return s / warmup
+    return math.sqrt(max(warmup, 1) / s)
+
+
+def noam(step: int, warmup: int, d_model: int) -> float:
+    """LR multiplier of the Noam schedule; multiplied by optim.lr, which acts as its factor."""
+    s = step + 1
+    return d_model**-0.5 * min(s**-0.5, s * max(warmup, 1) ** -1.5)
+
+
+def schedule_fn(cfg: Any, total_steps: int) -> Callable[[int], float]:
+    """The multiplier function of the configured schedule."""
+    name = cfg.name
+    if name in ("constant", "linear", "cosine"):
+        return partial(warmup_decay, warmup=warmup_steps_of(cfg, total_steps), total=total_steps,
+                       kind=name, min_ratio=cfg.min_lr_ratio)
+    if name == "inverse_sqrt":
+        return partial(inverse_sqrt, warmup=cfg.warmup_steps)
+    if name == "noam":
+        return partial(noam, warmup=cfg.warmup_steps, d_model=cfg.d_model)
+    raise TformerError(f"unknown schedule '{name}'", hint=f"choose one of: {', '.join(SCHEDULES)}")
+
+
+def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR that multiplies each group's base lr by the schedule."""
+    if cfg.name in ("constant", "linear", "cosine") and not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise TformerError(f"schedule.min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg, total_steps))
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer: its schema and builder."""
+
+    schema: type
+    build: Callable[[Any, nn.Module], torch.optim.Optimizer]
+    summary: str
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """One schedule: its schema."""
+
+    schema: type
+    summary: str
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "adamw": OptimizerSpec(AdamWConfig, build_adamw, "AdamW with decoupled weight decay"),
+    "sgd": OptimizerSpec(SGDConfig, build_sgd, "SGD with (Nesterov) momentum"),
+}
+
+SCHEDULES: dict[str, ScheduleSpec] = {
+    "constant": ScheduleSpec(WarmupDecayConfig, "linear warmup, then constant"),
+    "linear": ScheduleSpec(WarmupDecayConfig, "linear warmup, then linear decay"),
+    "cosine": ScheduleSpec(WarmupDecayConfig, "linear warmup, then cosine decay"),
+    "inverse_sqrt": ScheduleSpec(InverseSqrtConfig, "linear warmup, then 1/sqrt(step)"),
+    "noam": ScheduleSpec(NoamConfig, "Attention Is All You Need: d_model^-0.5 min(s^-0.5, s w^-1.5)"),
+}
+
+
+def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's parameters."""
+    from transformer_cli.config import choose
+
+    spec = choose(OPTIMIZERS, cfg.name, "optimizer")
+    if cfg.lr <= 0:
+        raise TformerError(f"optim.lr must be positive, got {cfg.lr}")
+    return spec.build(cfg, model)

@@ -1,0 +1,101 @@
+"""Single-label classification: C logits (or one logit with a binary loss), accuracy/F1/MCC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from transformer_cli.errors import TformerError
+from transformer_cli.heads import SequenceHead
+from transformer_cli.losses.base import LossContext
+from transformer_cli.metrics import ClassificationMetrics
+from transformer_cli.tasks.common import Where, check_label_set, label_key, sorted_labels, unknown_label
+
+
+@dataclass
+class ClassifyConfig:
+    """Settings of the classification task."""
+
+    name: str = "classify"
+    pooling: str = "cls"  # cls (first token) | mean (over real tokens)
+    head_dropout: float = 0.1
+
+
+class ClassifyTask:
+    """Maps label names to class indices, builds the head, turns logits into predictions."""
+
+    def __init__(self, cfg: Any, loss_kind: str, state: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.loss_kind = loss_kind  # "index" (C logits) or "binary" (one logit)
+        self.labels: list[str] = list(state["labels"])
+        self.index = {name: i for i, name in enumerate(self.labels)}
+        if loss_kind == "binary" and len(self.labels) != 2:
+            raise TformerError(
+                f"a binary loss needs exactly 2 classes, the data has {len(self.labels)}",
+                hint="use loss=ce or loss=focal for more classes, or task=multilabel",
+            )
+
+    @staticmethod
+    def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str) -> dict[str, Any]:
+        """The label set: data.labels if given, else every distinct training label, sorted."""
+        labels = list(fixed) if fixed else sorted_labels({label_key(v) for v in values if v is not None})
+        return {"labels": check_label_set(labels, source)}
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the head: one logit for a binary loss, else one per class."""
+        return 1 if self.loss_kind == "binary" else len(self.labels)
+
+    def head(self, d_model: int) -> nn.Module:
+        """The classification head."""
+        return SequenceHead(d_model, self.num_outputs, self.cfg.pooling, self.cfg.head_dropout,
+                            squeeze=self.loss_kind == "binary")
+
+    def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
+        """Label values -> (N,) int64 class indices; an unknown or missing label is an error."""
+        out = torch.empty(len(values), dtype=torch.int64)
+        for i, v in enumerate(values):
+            idx = None if v is None else self.index.get(label_key(v))
+            if idx is None:
+                raise unknown_label(v, where, i, self.labels)
+            out[i] = idx
+        return out
+
+    def loss_context(self, targets: Tensor) -> LossContext:
+        """Training label counts, for `auto` class weights or pos_weight."""
+        counts = torch.bincount(targets, minlength=len(self.labels))
+        return LossContext(num_outputs=self.num_outputs, label_counts=counts, num_examples=len(targets))
+
+    def loss_inputs(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """What the loss sees: (B, C) logits and indices, or (B,) logits and 0/1 floats."""
+        if self.loss_kind == "binary":
+            return outputs.float(), targets.float()
+        return outputs.float(), targets
+
+    def probabilities(self, outputs: Tensor) -> Tensor:
+        """(B, C) class probabilities from either head width."""
+        if self.loss_kind == "binary":
+            p = torch.sigmoid(outputs.float())  # (B,)
+            return torch.stack([1 - p, p], dim=-1)
+        return torch.softmax(outputs.float(), dim=-1)
+
+    def predict(self, outputs: Tensor) -> Tensor:
+        """(B,) predicted class indices."""
+        if self.loss_kind == "binary":
+            return (outputs > 0).long()
+        return outputs.argmax(-1)
+
+    def new_metrics(self) -> ClassificationMetrics:
+        """Fresh streaming metrics."""
+        return ClassificationMetrics(len(self.labels), self.labels)
+
+    def update_metrics(self, metrics: ClassificationMetrics, outputs: Tensor, targets: Tensor) -> None:
+        """Add one batch of predictions."""
+        metrics.update(self.predict(outputs).cpu(), targets.cpu())
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must keep to rebuild this task."""
+        return {"labels": self.labels}

@@ -1,0 +1,106 @@
+"""Multi-label classification: L independent logits, per-label BCE, micro/macro F1."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from transformer_cli.errors import TformerError
+from transformer_cli.heads import SequenceHead
+from transformer_cli.losses.base import LossContext
+from transformer_cli.metrics import MultiLabelMetrics
+from transformer_cli.tasks.common import Where, check_label_set, label_key, sorted_labels, unknown_label
+
+
+@dataclass
+class MultiLabelConfig:
+    """Settings of the multi-label task."""
+
+    name: str = "multilabel"
+    pooling: str = "cls"  # cls (first token) | mean (over real tokens)
+    head_dropout: float = 0.1
+    separator: str = ","  # splits a label cell like "sports,politics"; a list or JSON list cell needs none
+    threshold: float = 0.5  # probability above which a label is predicted
+
+
+def split_labels(value: Any, separator: str) -> list[str]:
+    """One cell -> its label names: a list, a JSON list string, or a separated string ('' = none)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [label_key(v) for v in value]
+    text = str(value).strip()
+    if text.startswith("["):
+        try:
+            return [label_key(v) for v in json.loads(text)]
+        except json.JSONDecodeError:
+            pass
+    return [label_key(v) for v in text.split(separator) if v.strip()]
+
+
+class MultiLabelTask:
+    """Maps label lists to (N, L) 0/1 rows; predicts every label whose probability passes the threshold."""
+
+    loss_kind = "multilabel"
+
+    def __init__(self, cfg: Any, loss_kind: str, state: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.labels: list[str] = list(state["labels"])
+        self.index = {name: i for i, name in enumerate(self.labels)}
+        if not 0.0 < cfg.threshold < 1.0:
+            raise TformerError(f"task.threshold must be in (0, 1), got {cfg.threshold}")
+
+    @staticmethod
+    def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str) -> dict[str, Any]:
+        """The label set: data.labels if given, else every label seen in training, sorted."""
+        if fixed:
+            return {"labels": check_label_set(list(fixed), source)}
+        seen = {name for v in values for name in split_labels(v, cfg.separator)}
+        return {"labels": check_label_set(sorted_labels(seen), source)}
+
+    def head(self, d_model: int) -> nn.Module:
+        """One logit per label."""
+        return SequenceHead(d_model, len(self.labels), self.cfg.pooling, self.cfg.head_dropout, squeeze=False)
+
+    def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
+        """Label cells -> (N, L) float 0/1; an unknown label is an error."""
+        out = torch.zeros(len(values), len(self.labels))
+        for i, v in enumerate(values):
+            for name in split_labels(v, self.cfg.separator):
+                if name not in self.index:
+                    raise unknown_label(name, where, i, self.labels)
+                out[i, self.index[name]] = 1.0
+        return out
+
+    def loss_context(self, targets: Tensor) -> LossContext:
+        """Positives per label and the row count, for `auto` pos_weight."""
+        return LossContext(num_outputs=len(self.labels), label_counts=targets.sum(0).long(),
+                           num_examples=len(targets))
+
+    def loss_inputs(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, L) logits and (B, L) 0/1 targets."""
+        return outputs.float(), targets.float()
+
+    def probabilities(self, outputs: Tensor) -> Tensor:
+        """(B, L) independent label probabilities."""
+        return torch.sigmoid(outputs.float())
+
+    def predict(self, outputs: Tensor) -> Tensor:
+        """(B, L) 0/1 decisions."""
+        return (self.probabilities(outputs) > self.cfg.threshold).long()
+
+    def new_metrics(self) -> MultiLabelMetrics:
+        """Fresh streaming metrics."""
+        return MultiLabelMetrics(len(self.labels), self.labels)
+
+    def update_metrics(self, metrics: MultiLabelMetrics, outputs: Tensor, targets: Tensor) -> None:
+        """Add one batch of decisions."""
+        metrics.update(self.predict(outputs).cpu(), targets.long().cpu())
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must keep to rebuild this task."""
+        return {"labels": self.labels}

@@ -1,0 +1,100 @@
+"""Regression: one real value per example, learned on standardised targets, MSE/RMSE/R2/correlations."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from transformer_cli.errors import TformerError
+from transformer_cli.heads import SequenceHead
+from transformer_cli.losses.base import LossContext
+from transformer_cli.metrics import RegressionMetrics
+from transformer_cli.tasks.common import Where
+
+
+@dataclass
+class RegressConfig:
+    """Settings of the regression task."""
+
+    name: str = "regress"
+    pooling: str = "mean"  # cls (first token) | mean (over real tokens)
+    head_dropout: float = 0.1
+    standardize: bool = True  # train on (y - mean) / std of the training targets; report on y's scale
+
+
+class RegressTask:
+    """Parses numeric targets, standardises them for the loss, reports metrics on the original scale."""
+
+    loss_kind = "real"
+
+    def __init__(self, cfg: Any, loss_kind: str, state: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.mean = float(state["mean"])
+        self.std = float(state["std"])
+
+    @staticmethod
+    def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str) -> dict[str, Any]:
+        """Training target mean and std (0 and 1 when standardisation is off)."""
+        standardize = bool(cfg.standardize)
+        ys = [_number(v) for v in values]
+        ys = [y for y in ys if y is not None and math.isfinite(y)]
+        if not standardize or len(ys) < 2:
+            return {"mean": 0.0, "std": 1.0}
+        t = torch.tensor(ys, dtype=torch.float64)
+        std = float(t.std())
+        return {"mean": float(t.mean()), "std": std if std > 0 else 1.0}
+
+    def head(self, d_model: int) -> nn.Module:
+        """One output per example."""
+        return SequenceHead(d_model, 1, self.cfg.pooling, self.cfg.head_dropout, squeeze=True)
+
+    def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
+        """Values -> (N,) float32 standardised targets; a missing, non-numeric or non-finite value is an error."""
+        out = torch.empty(len(values), dtype=torch.float64)
+        for i, v in enumerate(values):
+            y = _number(v)
+            if y is None or not math.isfinite(y):
+                raise TformerError(
+                    f"target {v!r} at {where.at(i)} is not a finite number",
+                    hint="regression targets must be numbers: fix or drop that row, or check data.label_column",
+                )
+            out[i] = y
+        return ((out - self.mean) / self.std).float()
+
+    def loss_context(self, targets: Tensor) -> LossContext:
+        """Regression losses need only the output width."""
+        return LossContext(num_outputs=1, num_examples=len(targets))
+
+    def loss_inputs(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """(B,) predictions and (B,) targets, both standardised, in float32."""
+        return outputs.float(), targets.float()
+
+    def predict(self, outputs: Tensor) -> Tensor:
+        """(B,) predictions on the original target scale."""
+        return outputs.double() * self.std + self.mean
+
+    def new_metrics(self) -> RegressionMetrics:
+        """Fresh streaming metrics."""
+        return RegressionMetrics()
+
+    def update_metrics(self, metrics: RegressionMetrics, outputs: Tensor, targets: Tensor) -> None:
+        """Add one batch, both sides on the original scale."""
+        metrics.update(self.predict(outputs).cpu(), (targets.double() * self.std + self.mean).cpu())
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must keep to rebuild this task."""
+        return {"mean": self.mean, "std": self.std}
+
+
+def _number(value: Any) -> float | None:
+    """A float from a cell, or None when it is not a number."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
