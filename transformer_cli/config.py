@@ -126,9 +126,6 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
-    cs.store(group="schema/data", name="data", node=DataConfig)
-    cs.store(group="schema/model", name="model", node=ModelConfig)
-    cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
     for group, table in (("task", TASKS), ("loss", LOSSES), ("optim", OPTIMIZERS), ("schedule", SCHEDULES)):
         for name, spec in table.items():
             cs.store(group=f"schema/{group}", name=name, node=spec.schema)
@@ -204,3 +201,37 @@ def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
     """A resolved, JSON-serialisable copy of a config."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+
+
+def load_train_config(raw: DictConfig, source: str) -> DictConfig:
+    """Validate a stored training config (e.g. from a checkpoint) against every schema, refusing `_target_`."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from transformer_cli.losses import LOSSES
+    from transformer_cli.optim import OPTIMIZERS, SCHEDULES
+    from transformer_cli.tasks import TASKS
+
+    _refuse_targets(OmegaConf.to_container(raw, resolve=False), source, "")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
+        for group, table in (("task", TASKS), ("loss", LOSSES), ("optim", OPTIMIZERS), ("schedule", SCHEDULES)):
+            spec = choose(table, str(raw[group].name), group)
+            cfg[group] = OmegaConf.merge(OmegaConf.structured(spec.schema), raw[group])
+    except OmegaConfBaseException as err:
+        raise TformerError(f"the config in {source} does not match tformer's schema: {err}".splitlines()[0],
+                           hint="it was written by another version of tformer, or edited by hand") from err
+    check_train_config(cfg)
+    return cfg
+
+
+def _refuse_targets(node: Any, source: str, path: str) -> None:
+    """Fail on any `_target_`-style key: tformer never imports or calls a path named by a config."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if str(key) in ("_target_", "_partial_", "_recursive_", "_args_"):
+                raise TformerError(f"{source} contains '{path}{key}': tformer never imports or calls code "
+                                   "named in a config", hint="remove that key; components are chosen by name")
+            _refuse_targets(value, source, f"{path}{key}.")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_targets(value, source, f"{path}{i}.")

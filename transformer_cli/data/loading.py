@@ -96,7 +96,12 @@ def _read_file(path: Path, fmt: str, split: str) -> tuple[Any, Where]:
     if path.stat().st_size == 0:
         raise TformerError(f"the {split} file {path} is empty")
     builder = file_format(path, fmt)
-    kwargs: dict[str, Any] = {"delimiter": "\t"} if ".tsv" in path.suffixes else {}
+    kwargs: dict[str, Any] = {}
+    if builder == "csv":
+        # Only empty cells are missing: a text that reads "NA" or "null" stays text.
+        kwargs = {"keep_default_na": False, "na_values": [""]}
+        if ".tsv" in path.suffixes:
+            kwargs["delimiter"] = "\t"
     try:
         table = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
     except Exception as err:  # datasets wraps parser errors in many types; all mean "bad file"
@@ -199,3 +204,10 @@ def _quiet_datasets() -> None:
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+
+
+def read_eval_file(path: Path, cfg: Any) -> RawSplit:
+    """A user's file with the same columns as the training data, for `tformer eval file=...`."""
+    _quiet_datasets()
+    table, where = _read_file(path.expanduser(), cfg.format, "file")
+    return _columns(table, cfg, where)

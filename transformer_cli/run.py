@@ -1,0 +1,238 @@
+"""train(cfg) and evaluate(cfg): data -> model -> loss -> loop -> metrics and checkpoints in the run dir."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from transformer_cli import __version__
+from transformer_cli.checkpoint import Checkpoint, load_checkpoint, load_weights, save_checkpoint
+from transformer_cli.config import check_train_config, choose, load_train_config, to_plain
+from transformer_cli.data.batching import EncodedSplit
+from transformer_cli.data.loading import RawSplit, load_splits, read_eval_file
+from transformer_cli.data.tokenize import encode, train_tokenizer
+from transformer_cli.errors import TformerError
+from transformer_cli.loop import FitState, Fitter, Precision, evaluate as evaluate_batches, resolve_device, resolve_precision, steps_per_epoch, total_steps
+from transformer_cli.losses import LOSSES, build_loss
+from transformer_cli.losses.base import LossContext
+from transformer_cli.metrics import METRIC_MODES, JsonlWriter
+from transformer_cli.model import Encoder, SequenceModel, count_parameters
+from transformer_cli.optim import build_optimizer, build_scheduler
+from transformer_cli.report import print_results
+from transformer_cli.tasks import TASKS
+from transformer_cli.tasks.common import Task
+
+log = logging.getLogger("tformer")
+
+
+@dataclass
+class Prepared:
+    """Data, task and tokenizer ready for a model."""
+
+    task: Task
+    splits: dict[str, EncodedSplit]
+    sizes: dict[str, int]
+    tokenizer: Any
+    loss_context: LossContext
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    """Train on the configured data, keep the best checkpoint, report validation and test metrics.
+
+    Returns the best value of the monitored validation metric (what Hydra sweepers optimise)."""
+    start = time.time()
+    check_train_config(cfg)
+    task_spec = TASKS[cfg.task.name]
+    monitor = cfg.trainer.monitor or task_spec.default_monitor
+    seed_everything(cfg.seed, cfg.trainer.deterministic, cfg.trainer.threads)
+    device = resolve_device(cfg.trainer.device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    prep = prepare_training_data(cfg)
+    model = build_model(cfg, prep.tokenizer.get_vocab_size(), prep.task).to(device)
+    loss_fn = build_loss(cfg.loss, prep.loss_context)
+    train_split, val_split = prep.splits["train"], prep.splits["validation"]
+    steps = total_steps(train_split, cfg.trainer)
+    optimizer = build_optimizer(cfg.optim, model)
+    scheduler = build_scheduler(cfg.schedule, optimizer, steps)
+    n_params = count_parameters(model)
+    log.info("task=%s loss=%s device=%s precision=%s params=%s steps=%d (%d per epoch)", cfg.task.name,
+             cfg.loss.name, device, precision.name, f"{n_params:,}", steps, steps_per_epoch(train_split, cfg.trainer))
+    log.info("examples: %s, vocabulary: %d", prep.sizes, prep.tokenizer.get_vocab_size())
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    ckpt_dir = run_dir / "checkpoints"
+    task_json = {**prep.task.state(), "loss_kind": prep.task.loss_kind, "loss_context": _context_json(prep.loss_context)}
+
+    def on_eval(state: FitState, scalars: dict[str, float], improved: bool) -> None:
+        meta = {"step": state.step, "epoch": state.epoch, "monitor": monitor, "metrics": scalars}
+        save_checkpoint(ckpt_dir / "last", model, cfg, prep.tokenizer, task_json, meta)
+        if improved:
+            save_checkpoint(ckpt_dir / "best", model, cfg, prep.tokenizer, task_json, meta)
+
+    with JsonlWriter(run_dir / "metrics.jsonl") as writer:
+        fitter = Fitter(model, prep.task, loss_fn, optimizer, scheduler, precision, cfg.trainer, cfg.seed,
+                        monitor, writer, on_eval)
+        train_start = time.time()
+        state = fitter.fit(train_split, val_split)
+        train_seconds = time.time() - train_start
+        best = load_checkpoint(ckpt_dir / "best")
+        load_weights(model, best.weights, best.path)
+        final = final_evaluation(model, prep, loss_fn, precision, cfg.trainer, writer, state)
+    summary = {
+        "task": cfg.task.name, "loss": cfg.loss.name, "monitor": monitor, "mode": METRIC_MODES[monitor],
+        "best_value": state.best_value, "best_step": state.best_step, "steps": state.step,
+        "epochs": state.step / max(1, steps_per_epoch(train_split, cfg.trainer)), "stop_reason": state.stop_reason,
+        "final": {k: v["metrics"] for k, v in final.items()},
+        "details": {k: v["details"] for k, v in final.items()},
+        "checkpoints": {"best": str(ckpt_dir / "best"), "last": str(ckpt_dir / "last")},
+        "parameters": n_params, "examples": prep.sizes, "vocab_size": prep.tokenizer.get_vocab_size(),
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / max(1e-9, state.step / max(1, steps_per_epoch(train_split, cfg.trainer))),
+        "wall_seconds": time.time() - start, "device": str(device), "precision": precision.name,
+        "environment": environment(),
+    }
+    _write_json(run_dir / "summary.json", summary)
+    print_results(f"{cfg.task.name} / {cfg.loss.name}: best {monitor}={state.best_value:.4f} at step {state.best_step}",
+                  {k: v["metrics"] for k, v in final.items()})
+    log.info("run directory: %s", run_dir)
+    return float(state.best_value) if state.best_value is not None else float("nan")
+
+
+def final_evaluation(model: torch.nn.Module, prep: Prepared, loss_fn: Any, precision: Precision, trainer: Any,
+                     writer: JsonlWriter, state: FitState) -> dict[str, dict[str, Any]]:
+    """Evaluate the best weights on validation and test; write one 'final' record per split."""
+    out = {}
+    for split in ("validation", "test"):
+        if split not in prep.splits:
+            continue
+        batches = prep.splits[split].batches(trainer.eval_batch_size, shuffle=False, bucket=True)
+        scalars, details = evaluate_batches(model, batches, prep.task, loss_fn, precision)
+        writer.write({"event": "final", "split": split, "step": state.best_step, **scalars, "time": time.time()})
+        out[split] = {"metrics": scalars, "details": details}
+    return out
+
+
+def prepare_training_data(cfg: DictConfig) -> Prepared:
+    """Load splits, learn the label set and the vocabulary on train, encode every split."""
+    raw = load_splits(cfg.data)
+    task_spec = TASKS[cfg.task.name]
+    loss_kind = next(k for k in LOSSES[cfg.loss.name].targets if k in task_spec.target_kinds)
+    train_raw = raw["train"]
+    state = task_spec.build.fit_state(train_raw.labels, cfg.task, cfg.data.labels, train_raw.where.source)
+    task = task_spec.build(cfg.task, loss_kind, state)
+    targets = {name: task.encode_targets(split.labels, split.where) for name, split in raw.items()}
+    corpus = train_raw.texts + (train_raw.pairs or [])
+    tokenizer = train_tokenizer(corpus, cfg.data.tokenizer)
+    splits = {name: EncodedSplit(encode(tokenizer, s.texts, s.pairs), targets[name]) for name, s in raw.items()}
+    return Prepared(task=task, splits=splits, sizes={k: len(v) for k, v in raw.items()}, tokenizer=tokenizer,
+                    loss_context=task.loss_context(targets["train"]))
+
+
+def build_model(cfg: DictConfig, vocab_size: int, task: Task) -> SequenceModel:
+    """The encoder and the task's head, from the model config."""
+    return SequenceModel(Encoder(vocab_size, cfg.model), task.head(cfg.model.d_model))
+
+
+def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Rebuild model, tokenizer and labels from a checkpoint alone and evaluate one split or file."""
+    ckpt = load_checkpoint(cfg.ckpt)
+    train_cfg = load_train_config(ckpt.config, source=str(ckpt.path / "config.yaml"))
+    task = rebuild_task(train_cfg, ckpt)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    raw = eval_split(cfg, train_cfg)
+    split = EncodedSplit(encode(ckpt.tokenizer, raw.texts, raw.pairs), task.encode_targets(raw.labels, raw.where))
+    model = build_model(train_cfg, ckpt.tokenizer.get_vocab_size(), task)
+    load_weights(model, ckpt.weights, ckpt.path)
+    model.to(device)
+    ctx = ckpt.task_state.get("loss_context", {})
+    loss_fn = build_loss(train_cfg.loss, _context_from_json(ctx))
+    batch_size = cfg.batch_size or train_cfg.trainer.eval_batch_size
+    scalars, details = evaluate_batches(model, split.batches(batch_size, shuffle=False, bucket=True), task, loss_fn,
+                                        precision, progress=cfg.progress)
+    result = {"checkpoint": str(ckpt.path), "split": raw.where.split, "source": raw.where.source,
+              "examples": len(split), "step": ckpt.meta.get("step"), "metrics": scalars, "details": details}
+    _write_json(run_dir / "eval.json", result)
+    print_results(f"eval {ckpt.path} ({raw.where.split}, {len(split)} examples)", {raw.where.split: scalars})
+    return scalars
+
+
+def rebuild_task(train_cfg: DictConfig, ckpt: Checkpoint) -> Task:
+    """The task exactly as trained: same labels or target scaling, same loss kind."""
+    spec = choose(TASKS, train_cfg.task.name, "task")
+    state = ckpt.task_state
+    if "loss_kind" not in state:
+        raise TformerError(f"{ckpt.path}/task.json lacks loss_kind; the checkpoint is not from this tformer")
+    try:
+        return spec.build(train_cfg.task, state["loss_kind"], state)
+    except KeyError as err:
+        raise TformerError(f"{ckpt.path}/task.json lacks {err}; the checkpoint is damaged") from err
+
+
+def eval_split(cfg: DictConfig, train_cfg: DictConfig) -> RawSplit:
+    """The split to evaluate: one rebuilt exactly as in training, or a user's file with the same columns."""
+    if cfg.file:
+        return read_eval_file(Path(cfg.file), train_cfg.data)
+    splits = load_splits(train_cfg.data)
+    if cfg.split not in splits:
+        raise TformerError(f"split '{cfg.split}' does not exist for this checkpoint's data",
+                           hint=f"choose one of: {', '.join(splits)}, or pass file=<path>")
+    return splits[cfg.split]
+
+
+def seed_everything(seed: int, deterministic: bool, threads: int) -> None:
+    """Seed Python, NumPy and torch; optionally deterministic kernels and a fixed thread count."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, for the record."""
+    return {"tformer": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads()}
+
+
+def _context_json(ctx: LossContext) -> dict[str, Any]:
+    """A LossContext as JSON (for `auto` weights at eval time)."""
+    counts = None if ctx.label_counts is None else [int(c) for c in ctx.label_counts.tolist()]
+    return {"num_outputs": ctx.num_outputs, "label_counts": counts, "num_examples": ctx.num_examples}
+
+
+def _context_from_json(data: dict[str, Any]) -> LossContext:
+    """The inverse of _context_json."""
+    counts = data.get("label_counts")
+    return LossContext(num_outputs=int(data.get("num_outputs", 1)),
+                       label_counts=None if counts is None else torch.tensor(counts),
+                       num_examples=data.get("num_examples"))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Pretty JSON, non-finite floats as null."""
+    path.write_text(json.dumps(_finite(data), indent=2))
+
+
+def _finite(x: Any) -> Any:
+    """Replace NaN/inf floats by None, recursively, so the file is strict JSON."""
+    if isinstance(x, float):
+        return x if np.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
