@@ -113,7 +113,7 @@ class EvalConfig:
     file: str | None = None  # evaluate a local file with the checkpoint's columns instead of a split
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int = 128
+    batch_size: int | None = None  # default: the eval_batch_size the model was trained with
     progress: bool = True
 
 
@@ -155,6 +155,7 @@ def check_train_config(cfg: DictConfig) -> None:
     loss = choose(LOSSES, cfg.loss.name, "loss")
     if not set(loss.targets) & set(task.target_kinds):
         fitting = sorted(n for n, s in LOSSES.items() if set(s.targets) & set(task.target_kinds))
+        fitting.sort(key=lambda n: n != task.natural_loss)  # the task's natural loss first
         raise TformerError(
             f"loss '{cfg.loss.name}' does not fit task '{cfg.task.name}': it expects "
             f"{'/'.join(loss.targets)} targets, the task produces {'/'.join(task.target_kinds)}",
