@@ -20,8 +20,9 @@ def read_json(path: Path) -> dict:
 
 def assert_complete_run(run_dir: Path) -> dict:
     """A run directory holds every promised file; returns its summary."""
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "train.log", ".hydra/config.yaml"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "train.log", ".hydra/config.yaml", "curves.png"):
         assert (run_dir / name).is_file(), f"{run_dir}/{name} missing"
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for ckpt in ("best", "last"):
         for name in ("model.safetensors", "config.yaml", "tokenizer.json", "task.json", "meta.json", "manifest.json"):
             assert (run_dir / "checkpoints" / ckpt / name).is_file(), f"{ckpt}/{name} missing"

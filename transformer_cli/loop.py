@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -182,7 +183,9 @@ class Fitter:
         state = self.state
         limit = total_steps(train, self.cfg)
         self.model.train()
-        self.bar = tqdm(total=limit, desc="train", disable=not self.cfg.progress, dynamic_ncols=True)
+        # Redraw often on a terminal, rarely in a log file.
+        self.bar = tqdm(total=limit, desc="train", disable=not self.cfg.progress, dynamic_ncols=True,
+                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
         self.evaluated_at = -1
         while state.step < limit and not state.stop_reason:
             if self._epoch(train, val, limit):

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transformer_cli import __version__
 from transformer_cli.checkpoint import Checkpoint, load_checkpoint, load_weights, save_checkpoint
-from transformer_cli.config import check_train_config, choose, load_train_config, to_plain
+from transformer_cli.config import check_train_config, choose, load_train_config
 from transformer_cli.data.batching import EncodedSplit
 from transformer_cli.data.loading import RawSplit, load_splits, read_eval_file
 from transformer_cli.data.tokenize import encode, train_tokenizer
@@ -29,6 +29,7 @@ from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import METRIC_MODES, JsonlWriter
 from transformer_cli.model import Encoder, SequenceModel, count_parameters
 from transformer_cli.optim import build_optimizer, build_scheduler
+from transformer_cli.plots import plot_curves
 from transformer_cli.report import print_results
 from transformer_cli.tasks import TASKS
 from transformer_cli.tasks.common import Task
@@ -101,6 +102,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         "wall_seconds": time.time() - start, "device": str(device), "precision": precision.name,
         "environment": environment(),
     }
+    summary["plots"] = {"curves": str(plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", monitor))}
     _write_json(run_dir / "summary.json", summary)
     print_results(f"{cfg.task.name} / {cfg.loss.name}: best {monitor}={state.best_value:.4f} at step {state.best_step}",
                   {k: v["metrics"] for k, v in final.items()})
