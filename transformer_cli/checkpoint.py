@@ -106,9 +106,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     _verify(p, manifest)
     meta = _read_json(p / "meta.json", p, "meta.json")
     if meta.get("format") != FORMAT:
-        raise TformerError(f"{p} is not a tformer checkpoint (format {meta.get('format')!r})")
+        raise TformerError(f"{p} is not a tformer checkpoint ({p / 'meta.json'} has format {meta.get('format')!r})")
     if meta.get("version") != VERSION:
-        raise TformerError(f"{p} has checkpoint format version {meta.get('version')}; this tformer reads {VERSION}")
+        raise TformerError(f"{p} has checkpoint format version {meta.get('version')} ({p / 'meta.json'}); "
+                           f"this tformer reads {VERSION}")
     try:
         weights = load_file(str(p / "model.safetensors"))
     except (SafetensorError, OSError) as err:
@@ -144,6 +145,9 @@ def _verify(p: Path, manifest: dict[str, Any]) -> None:
         f = p / name
         if entry is None:
             raise TformerError(f"{p}/manifest.json does not list {name}; not a tformer checkpoint")
+        if not isinstance(entry, dict) or not {"size", "sha256"} <= entry.keys():
+            raise TformerError(f"{p}/manifest.json has a malformed entry for {name}: {entry!r}; "
+                               "the checkpoint is corrupt")
         if not f.is_file():
             raise TformerError(f"checkpoint {p} is incomplete: {name} is missing")
         actual = _describe(f)

@@ -213,13 +213,22 @@ def load_train_config(raw: DictConfig, source: str) -> DictConfig:
     from transformer_cli.tasks import TASKS
 
     _refuse_targets(OmegaConf.to_container(raw, resolve=False), source, "")
+    prefix = ""  # errors from a group's own schema carry keys relative to that group
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
         for group, table in (("task", TASKS), ("loss", LOSSES), ("optim", OPTIMIZERS), ("schedule", SCHEDULES)):
-            spec = choose(table, str(raw[group].name), group)
-            cfg[group] = OmegaConf.merge(OmegaConf.structured(spec.schema), raw[group])
+            node = raw[group]
+            if not isinstance(node, DictConfig):
+                raise TformerError(f"the config in {source} has {group}: {node!r}; it must be a mapping with a name",
+                                   hint="it was written by another version of tformer, or edited by hand")
+            spec = choose(table, str(node.name), group)
+            prefix = f"{group}."
+            cfg[group] = OmegaConf.merge(OmegaConf.structured(spec.schema), node)
+            prefix = ""
+        OmegaConf.resolve(cfg)  # a hand-written ${...} fails here, by key, rather than mid-run
     except OmegaConfBaseException as err:
-        raise TformerError(f"the config in {source} does not match tformer's schema: {err}".splitlines()[0],
+        key = f" at {prefix}{err.full_key}" if getattr(err, "full_key", None) else ""
+        raise TformerError(f"the config in {source} does not match tformer's schema{key}: {err}".splitlines()[0],
                            hint="it was written by another version of tformer, or edited by hand") from err
     check_train_config(cfg)
     return cfg
@@ -236,3 +245,7 @@ def _refuse_targets(node: Any, source: str, path: str) -> None:
     elif isinstance(node, list):
         for i, value in enumerate(node):
             _refuse_targets(value, source, f"{path}{i}.")
+    elif isinstance(node, str) and "${" in node:
+        # tformer stores configs resolved; an interpolation here was written by hand.
+        raise TformerError(f"{source} contains an interpolation at '{path.rstrip('.')}': {node!r}",
+                           hint="stored configs must hold plain values")

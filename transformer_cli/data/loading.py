@@ -78,13 +78,18 @@ def file_format(path: Path, fmt: str) -> str:
         if fmt not in set(FORMATS.values()):
             raise TformerError(f"data.format='{fmt}' is not supported", hint="use auto, csv, json or parquet")
         return fmt
-    suffixes = [s for s in path.suffixes if s not in COMPRESSIONS]
-    if suffixes and suffixes[-1].lower() in FORMATS:
-        return FORMATS[suffixes[-1].lower()]
+    if _extension(path) in FORMATS:
+        return FORMATS[_extension(path)]
     raise TformerError(
         f"cannot tell the format of {path} from its extension",
         hint="use .csv, .tsv, .json, .jsonl or .parquet, or set data.format=csv|json|parquet",
     )
+
+
+def _extension(path: Path) -> str:
+    """The lower-cased extension that names a file's format, past any compression suffix ('' if none)."""
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in COMPRESSIONS]
+    return suffixes[-1] if suffixes else ""
 
 
 def _read_file(path: Path, fmt: str, split: str) -> tuple[Any, Where]:
@@ -100,7 +105,7 @@ def _read_file(path: Path, fmt: str, split: str) -> tuple[Any, Where]:
     if builder == "csv":
         # Only empty cells are missing: a text that reads "NA" or "null" stays text.
         kwargs = {"keep_default_na": False, "na_values": [""]}
-        if ".tsv" in path.suffixes:
+        if _extension(path) == ".tsv":
             kwargs["delimiter"] = "\t"
     try:
         table = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
@@ -179,6 +184,11 @@ def carve(train: RawSplit, fraction: float, seed: int) -> tuple[RawSplit, RawSpl
 
 def _limit(splits: dict[str, RawSplit], cfg: Any) -> dict[str, RawSplit]:
     """Apply max_train_examples (seeded sample) and max_eval_examples (first N)."""
+    for key in ("max_train_examples", "max_eval_examples"):
+        value = getattr(cfg, key)
+        if value is not None and value <= 0:  # would leave an empty split, or make random.sample raise
+            raise TformerError(f"data.{key} must be a positive number of rows, got {value}",
+                               hint=f"use data.{key}=null for no limit")
     n = cfg.max_train_examples
     if n is not None and n < len(splits["train"]):
         keep = sorted(random.Random(cfg.split_seed + 1).sample(range(len(splits["train"])), n))

@@ -12,7 +12,7 @@ from transformer_cli.errors import TformerError
 from transformer_cli.heads import SequenceHead
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import ClassificationMetrics
-from transformer_cli.tasks.common import Where, check_label_set, label_key, sorted_labels, unknown_label
+from transformer_cli.tasks.common import Where, check_label_set, is_missing, label_key, sorted_labels, unknown_label
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ClassifyTask:
     @staticmethod
     def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str) -> dict[str, Any]:
         """The label set: data.labels if given, else every distinct training label, sorted."""
-        labels = list(fixed) if fixed else sorted_labels({label_key(v) for v in values if v is not None})
+        labels = list(fixed) if fixed else sorted_labels({label_key(v) for v in values if not is_missing(v)})
         return {"labels": check_label_set(labels, source)}
 
     @property
@@ -58,7 +58,7 @@ class ClassifyTask:
         """Label values -> (N,) int64 class indices; an unknown or missing label is an error."""
         out = torch.empty(len(values), dtype=torch.int64)
         for i, v in enumerate(values):
-            idx = None if v is None else self.index.get(label_key(v))
+            idx = None if is_missing(v) else self.index.get(label_key(v))
             if idx is None:
                 raise unknown_label(v, where, i, self.labels)
             out[i] = idx

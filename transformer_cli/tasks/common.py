@@ -42,6 +42,11 @@ class Task(Protocol):
     def state(self) -> dict[str, Any]: ...
 
 
+def is_missing(value: Any) -> bool:
+    """An empty cell: None, or a float NaN as Parquet and JSON readers produce."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def label_key(value: Any) -> str:
     """A label as the string we store: 1, 1.0 and '1' are the same class."""
     if isinstance(value, float) and value.is_integer():

@@ -13,7 +13,7 @@ from transformer_cli.errors import TformerError
 from transformer_cli.heads import SequenceHead
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import MultiLabelMetrics
-from transformer_cli.tasks.common import Where, check_label_set, label_key, sorted_labels, unknown_label
+from transformer_cli.tasks.common import Where, check_label_set, is_missing, label_key, sorted_labels, unknown_label
 
 
 @dataclass
@@ -29,7 +29,7 @@ class MultiLabelConfig:
 
 def split_labels(value: Any, separator: str) -> list[str]:
     """One cell -> its label names: a list, a JSON list string, or a separated string ('' = none)."""
-    if value is None:
+    if is_missing(value):
         return []
     if isinstance(value, (list, tuple)):
         return [label_key(v) for v in value]
