@@ -54,6 +54,7 @@ def save_checkpoint(path: Path, model: nn.Module, config: DictConfig, tokenizer:
     """Write a complete checkpoint at `path`, replacing any previous one only once the new one is whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is as readable as any output
     try:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"))
@@ -64,6 +65,7 @@ def save_checkpoint(path: Path, model: nn.Module, config: DictConfig, tokenizer:
                                         "torch": torch.__version__, **meta})
         _write_json(tmp / "manifest.json", {name: _describe(tmp / name) for name in FILES})
         for name in (*FILES, "manifest.json"):
+            os.chmod(tmp / name, 0o666 & ~_umask())
             _fsync(tmp / name)
         _swap_in(tmp, path)
     except BaseException:
@@ -185,6 +187,13 @@ def _read_json(f: Path, ckpt: Path, name: str) -> dict[str, Any]:
 def _write_json(f: Path, data: dict[str, Any]) -> None:
     """Write pretty JSON."""
     f.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(f: Path) -> None:

@@ -44,7 +44,11 @@ def _eval(cfg: DictConfig) -> Any:
     return _guard(lambda: evaluate(cfg, _run_dir()))
 
 
+# Commands whose arguments are Hydra overrides: name -> (config name in conf/, task function).
 COMMANDS: dict[str, Callable[[DictConfig], Any]] = {"train": _train, "eval": _eval}
+
+# Commands with their own plain arguments: name -> function taking the argument list, returning an exit code.
+PLAIN_COMMANDS: dict[str, Callable[[list[str]], int]] = {}
 
 
 def _run_dir() -> Path:
@@ -81,10 +85,13 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         raise SystemExit(0 if args else EXIT_USER_ERROR)
     command, rest = args[0], args[1:]
+    if command in PLAIN_COMMANDS:
+        raise SystemExit(_guard(lambda: PLAIN_COMMANDS[command](rest)))
     if command not in COMMANDS:
-        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        known = [*COMMANDS, *PLAIN_COMMANDS]
+        close = difflib.get_close_matches(command, known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        report_error(TformerError(f"unknown command '{command}'{hint}", hint=f"commands: {', '.join(COMMANDS)}"))
+        report_error(TformerError(f"unknown command '{command}'{hint}", hint=f"commands: {', '.join(known)}"))
         raise SystemExit(EXIT_USER_ERROR)
     register_schemas()
     app = hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")(COMMANDS[command])
