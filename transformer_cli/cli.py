@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from transformer_cli.config import conf_dir, register_schemas
-from transformer_cli.errors import TformerError
+from transformer_cli.errors import Preempted, TformerError
 
 USAGE = """usage: tformer <command> [hydra overrides] [hydra flags]
 
@@ -28,6 +28,7 @@ Set TFORMER_TRACEBACK=1 to see full tracebacks for errors.
 """
 
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving a checkpoint; resume to continue
 
 
 def _train(cfg: DictConfig) -> float:
@@ -65,6 +66,11 @@ def _guard(job: Callable[[], Any]) -> Any:
             raise
         report_error(err)
         raise SystemExit(EXIT_USER_ERROR) from None
+    except Preempted as stop:
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]{stop}[/]: checkpoint {stop.checkpoint}\n"
+            "resume with the same command plus resume=auto and the same hydra.run.dir (or resume=<run dir>)")
+        raise SystemExit(EXIT_PREEMPTED) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
         raise SystemExit(130) from None

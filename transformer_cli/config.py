@@ -88,6 +88,11 @@ class TrainerConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     deterministic: bool = False  # torch deterministic algorithms
     progress: bool = True  # tqdm progress bar
+    save_every: int = 0  # optimizer steps between resumable checkpoints, besides each evaluation; 0 = evals only
+    keep_last: int = 2  # step checkpoints kept (the best and the newest are never deleted)
+    nan_policy: str = "error"  # error (stop, naming step and batch) | skip (drop the update) | off (no check)
+    max_consecutive_skips: int = 10  # with nan_policy=skip: give up after this many non-finite steps in a row
+    detect_anomaly: bool = False  # name the first module whose forward output is non-finite (slow; debugging)
 
 
 @dataclass
@@ -95,6 +100,7 @@ class TrainConfig:
     """The whole `tformer train` config."""
 
     seed: int = 0
+    resume: str | None = None  # auto (newest complete checkpoint of this run dir, if any) | a run dir | a checkpoint
     task: Any = MISSING
     loss: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
@@ -179,6 +185,7 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_choice("data.source", cfg.data.source, ("builtin", "local", "hub"))
     _check_choice("data.tokenizer.kind", cfg.data.tokenizer.kind, ("bpe", "wordpiece"))
     _check_choice("trainer.precision", cfg.trainer.precision, ("auto", "fp32", "bf16", "fp16"))
+    _check_choice("trainer.nan_policy", cfg.trainer.nan_policy, ("error", "skip", "off"))
     if cfg.data.tokenizer.max_length > m.max_positions:
         raise TformerError(
             f"data.tokenizer.max_length={cfg.data.tokenizer.max_length} exceeds "

@@ -13,3 +13,11 @@ class TformerError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class Preempted(Exception):
+    """A stop signal arrived; the run saved a checkpoint at a step boundary and should exit."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: str) -> None:
+        super().__init__(f"stopped by {signal_name} at step {step}")
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint

@@ -7,19 +7,24 @@ what the loss expects, and the loss returns a summed value with its weight.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
+import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from transformer_cli.data.batching import Batch, EncodedSplit
-from transformer_cli.errors import TformerError
+from transformer_cli.errors import Preempted, TformerError
 from transformer_cli.losses.base import Loss, LossValue
 from transformer_cli.metrics import METRIC_MODES, JsonlWriter
 from transformer_cli.tasks.common import Task
@@ -69,15 +74,27 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
 
 @dataclass
 class FitState:
-    """Where training stands: counters, the best monitored value, early stopping."""
+    """Where training stands: counters, position in the epoch, the best monitored value, early stopping."""
 
-    step: int = 0
-    epoch: int = 0
+    step: int = 0  # optimizer updates applied
+    epoch: int = 0  # epochs completed
+    windows_done: int = 0  # accumulation windows consumed in the current epoch (applied or skipped)
     best_value: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
+    evaluated_at: int = -1  # step of the latest evaluation
+    saved_at: int = -1  # step of the latest checkpoint
+    consecutive_skips: int = 0  # non-finite steps skipped in a row (nan_policy=skip)
+    skipped_steps: int = 0
     stop_reason: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class NonFiniteError(TformerError):
+    """A loss or gradient became NaN or infinite."""
+
+
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)) if s is not None)
 
 
 def compute_loss(model: nn.Module, batch: Batch, task: Task, loss_fn: Loss, precision: Precision) -> tuple[LossValue, Tensor]:
@@ -87,29 +104,64 @@ def compute_loss(model: nn.Module, batch: Batch, task: Task, loss_fn: Loss, prec
     return loss_fn(*task.loss_inputs(outputs, batch.targets)), outputs
 
 
+@dataclass
+class StepResult:
+    """What one optimizer step did: the window's summed loss and weight, and whether it was applied."""
+
+    total: Tensor
+    weight: Tensor
+    applied: bool = True
+
+
 def train_step(model: nn.Module, micro: list[Batch], task: Task, loss_fn: Loss, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, precision: Precision, grad_clip: float) -> tuple[Tensor, Tensor]:
+               scaler: torch.amp.GradScaler, precision: Precision, grad_clip: float,
+               check_finite: bool = False) -> StepResult:
     """One optimizer update over `micro` batches, equal to one update on their union.
 
     Each micro-batch backpropagates its summed loss; the gradients are divided by the window's total
     weight afterwards, so padding, batch sizes and accumulation never change the normalisation.
-    Returns the window's summed loss and weight (device tensors: no host sync here)."""
+    With check_finite, a non-finite loss or gradient norm skips the update (one host sync per step)."""
     totals, weights = [], []
     for batch in micro:
         value, _ = compute_loss(model, batch.to(precision.device), task, loss_fn, precision)
         scaler.scale(value.total).backward()
         totals.append(value.total.detach())
         weights.append(value.weight.detach())
-    weight = torch.stack(weights).sum()
+    total, weight = torch.stack(totals).sum(), torch.stack(weights).sum()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     torch._foreach_div_(grads, weight.clamp_min(1e-12))
-    if grad_clip > 0:
+    if grad_clip > 0 or check_finite:
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
+    if check_finite:
+        norm = norm if norm is not None else torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        # fp16 overflow in the gradients is the scaler's business (it skips and rescales); the loss is ours.
+        bad = not bool(torch.isfinite(total)) or (precision.name != "fp16" and not bool(torch.isfinite(norm)))
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.update()
+            return StepResult(total, weight, applied=False)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return torch.stack(totals).sum(), weight
+    return StepResult(total, weight)
+
+
+@contextlib.contextmanager
+def nonfinite_hooks(model: nn.Module) -> Iterator[None]:
+    """While active, the first module whose forward output is NaN/inf raises, naming the module."""
+
+    def hook(module: nn.Module, _inputs: Any, output: Any, name: str = "") -> None:
+        if isinstance(output, Tensor) and output.is_floating_point() and not bool(torch.isfinite(output).all()):
+            raise NonFiniteError(f"module '{name}' ({type(module).__name__}) produced a non-finite output",
+                                 hint="inspect its inputs and weights; lower optim.lr or check the data")
+
+    handles = [m.register_forward_hook(functools.partial(hook, name=n or "model")) for n, m in model.named_modules()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @torch.no_grad()
@@ -164,61 +216,99 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
 
 
 class Fitter:
-    """Runs the loop for one model, calling `on_eval(state, metrics, improved)` after each evaluation."""
+    """Runs the loop for one model; `on_checkpoint(state, metrics, improved)` saves (metrics None: not an eval)."""
 
     def __init__(self, model: nn.Module, task: Task, loss_fn: Loss, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, precision: Precision, cfg: Any, seed: int,
-                 monitor: str, writer: JsonlWriter,
-                 on_eval: Callable[[FitState, dict[str, float], bool], None]) -> None:
+                 monitor: str, writer: Any,
+                 on_checkpoint: Callable[[FitState, dict[str, float] | None, bool], str]) -> None:
         self.model, self.task, self.loss_fn = model, task, loss_fn
         self.optimizer, self.scheduler, self.precision = optimizer, scheduler, precision
         self.cfg, self.seed, self.monitor, self.mode = cfg, seed, monitor, METRIC_MODES[monitor]
-        self.writer, self.on_eval = writer, on_eval
+        self.writer, self.on_checkpoint = writer, on_checkpoint
         self.state = FitState()
         self.scaler = precision.scaler()
         self.meter = _Meter()
+        self.stop_signal: int | None = None
 
     def fit(self, train: EncodedSplit, val: EncodedSplit) -> FitState:
-        """Train until max_steps, max_epochs or early stopping; evaluate on `val` along the way."""
+        """Train until max_steps, max_epochs or early stopping; evaluate on `val` along the way.
+
+        Raises Preempted after saving a checkpoint when SIGTERM, SIGINT or SIGUSR1 arrives."""
         state = self.state
         limit = total_steps(train, self.cfg)
         self.model.train()
         # Redraw often on a terminal, rarely in a log file.
-        self.bar = tqdm(total=limit, desc="train", disable=not self.cfg.progress, dynamic_ncols=True,
-                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
-        self.evaluated_at = -1
-        while state.step < limit and not state.stop_reason:
-            if self._epoch(train, val, limit):
-                state.epoch += 1
-                if self.cfg.eval_every <= 0:
-                    self._evaluate(val)
-        if self.evaluated_at != state.step:
-            self._evaluate(val)  # the final weights always get a validation record
+        self.bar = tqdm(total=limit, initial=state.step, desc="train", disable=not self.cfg.progress,
+                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        with self._catch_signals():
+            while state.step < limit and not state.stop_reason:
+                if self._epoch(train, val, limit):
+                    state.epoch += 1
+                    state.windows_done = 0
+                    if self.cfg.eval_every <= 0:
+                        self._evaluate(val)
+            if state.evaluated_at != state.step:
+                self._evaluate(val)  # the final weights always get a validation record and a checkpoint
         self.bar.close()
         state.stop_reason = state.stop_reason or "completed"
         return state
 
     def _epoch(self, train: EncodedSplit, val: EncodedSplit, limit: int) -> bool:
-        """Run optimizer steps over one epoch; True when the whole epoch was consumed."""
+        """Run optimizer steps over (the rest of) one epoch; True when the whole epoch was consumed."""
         cfg, state = self.cfg, self.state
-        scaler = self.scaler
-        batches = train.batches(cfg.batch_size, shuffle=True, bucket=cfg.bucket_by_length, seed=self.seed,
-                                epoch=state.epoch, pin=self.precision.device.type == "cuda")
         per_epoch = steps_per_epoch(train, cfg)
-        for i, micro in enumerate(windows(batches, cfg.grad_accum)):
-            total, weight = train_step(self.model, micro, self.task, self.loss_fn, self.optimizer, scaler,
-                                       self.precision, cfg.grad_clip)
-            self.scheduler.step()
-            state.step += 1
-            self.meter.add(total, weight, sum(b.real_tokens for b in micro), sum(len(b.index) for b in micro))
-            self.bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == limit:
-                self._log_train()
-            if cfg.eval_every > 0 and state.step % cfg.eval_every == 0:
+        batches = train.batches(cfg.batch_size, shuffle=True, bucket=cfg.bucket_by_length, seed=self.seed,
+                                epoch=state.epoch, pin=self.precision.device.type == "cuda",
+                                skip=state.windows_done * cfg.grad_accum)
+        for micro in windows(batches, cfg.grad_accum):
+            self._step(micro)
+            state.windows_done += 1
+            if cfg.eval_every > 0 and state.step % cfg.eval_every == 0 and state.evaluated_at != state.step:
                 self._evaluate(val)
+            if cfg.save_every > 0 and state.step % cfg.save_every == 0 and state.saved_at != state.step:
+                self._save(None, False)
+            if self.stop_signal is not None:
+                self._preempt()
             if state.step >= limit or state.stop_reason:
-                return i + 1 == per_epoch
-        return True
+                break
+        return state.windows_done >= per_epoch
+
+    def _step(self, micro: list[Batch]) -> None:
+        """One optimizer step, with the non-finite policy applied; logs at log_every."""
+        cfg, state = self.cfg, self.state
+        guard = nonfinite_hooks(self.model) if cfg.detect_anomaly else contextlib.nullcontext()
+        with guard:
+            result = train_step(self.model, micro, self.task, self.loss_fn, self.optimizer, self.scaler,
+                                self.precision, cfg.grad_clip, check_finite=cfg.nan_policy != "off")
+        if not result.applied:
+            self._non_finite(micro)
+            return
+        state.consecutive_skips = 0
+        self.scheduler.step()
+        state.step += 1
+        self.meter.add(result.total, result.weight, sum(b.real_tokens for b in micro), sum(len(b.index) for b in micro))
+        self.bar.update(1)
+        if state.step % cfg.log_every == 0:
+            self._log_train()
+
+    def _non_finite(self, micro: list[Batch]) -> None:
+        """Apply nan_policy to a step whose loss or gradients were not finite (the weights were not touched)."""
+        state, cfg = self.state, self.cfg
+        rows = sorted(int(i) for b in micro for i in b.index.tolist())
+        where = f"step {state.step + 1} (epoch {state.epoch}, batch of training examples {_short(rows)})"
+        if cfg.nan_policy == "error":
+            raise NonFiniteError(f"non-finite loss or gradient at {where}; no update was applied",
+                                 hint="lower optim.lr, check the data, set trainer.detect_anomaly=true to find the "
+                                 "module, or trainer.nan_policy=skip")
+        state.consecutive_skips += 1
+        state.skipped_steps += 1
+        self.writer.write({"event": "skipped", "split": "train", "step": state.step, "epoch": state.epoch,
+                           "examples": rows, "time": time.time()})
+        log.warning("skipped a non-finite update at %s", where)
+        if state.consecutive_skips > cfg.max_consecutive_skips:
+            raise NonFiniteError(f"{state.consecutive_skips} non-finite steps in a row, the last at {where}",
+                                 hint="the run has diverged: lower optim.lr or check the data")
 
     def _log_train(self) -> None:
         """Write one training record and refresh the progress bar (the only host sync of the step loop)."""
@@ -229,9 +319,11 @@ class Fitter:
                            "lr": lr, "loss": loss, "tokens_per_s": tps, "examples_per_s": eps, "time": time.time()})
 
     def _evaluate(self, val: EncodedSplit) -> None:
-        """Evaluate, record, track the best value and early stopping, then hand over to on_eval."""
+        """Evaluate, record, track the best value and early stopping, then checkpoint."""
         state, cfg = self.state, self.cfg
-        self.evaluated_at = state.step
+        if self.meter.weight is not None:
+            self._log_train()  # the training loss up to this point, so curves line up with evaluations
+        state.evaluated_at = state.step
         start = time.perf_counter()
         batches = val.batches(cfg.eval_batch_size, shuffle=False, bucket=True)
         scalars, _ = evaluate(self.model, batches, self.task, self.loss_fn, self.precision)
@@ -251,7 +343,103 @@ class Fitter:
         if patience > 0 and state.evals_without_improvement >= patience:
             state.stop_reason = f"early stopping: {self.monitor} did not improve for {patience} evaluations"
             log.info(state.stop_reason)
-        self.on_eval(state, scalars, improved)
+        self._save(scalars, improved)
+
+    def _save(self, scalars: dict[str, float] | None, improved: bool) -> str:
+        """Checkpoint the current step (weights and everything needed to resume it exactly)."""
+        self.state.saved_at = self.state.step
+        return self.on_checkpoint(self.state, scalars, improved)
+
+    def _preempt(self) -> None:
+        """Save at this step boundary and stop with Preempted."""
+        signum = self.stop_signal
+        assert signum is not None
+        path = self._save(None, False) if self.state.saved_at != self.state.step else "(already saved)"
+        self.writer.write({"event": "preempted", "split": "train", "step": self.state.step, "epoch": self.state.epoch,
+                           "signal": signal.Signals(signum).name, "time": time.time()})
+        self.bar.close()
+        raise Preempted(signal.Signals(signum).name, self.state.step, path)
+
+    @contextlib.contextmanager
+    def _catch_signals(self) -> Iterator[None]:
+        """Turn SIGTERM/SIGINT/SIGUSR1 into a save-and-stop at the next step boundary (a second SIGINT aborts)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, _frame: Any) -> None:
+            if signum == signal.SIGINT and self.stop_signal == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            log.warning("received %s: saving a checkpoint at the next step boundary", signal.Signals(signum).name)
+
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def capture(self) -> dict[str, Any]:
+        """Everything besides the weights that an exact resume needs (tensors and plain values)."""
+        s = self.state
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": _scheduler_state(self.scheduler),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "fit": {k: getattr(s, k) for k in ("step", "epoch", "windows_done", "best_value", "best_step",
+                                               "evals_without_improvement", "evaluated_at", "skipped_steps")},
+            "meter": self.meter.state(),
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Put optimizer, scheduler, scaler, RNGs, counters and running averages back as captured."""
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict({**saved["scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)})
+        if saved["scaler"]:
+            self.scaler.load_state_dict(saved["scaler"])
+        for key, value in saved["fit"].items():
+            setattr(self.state, key, value)
+        self.state.saved_at = self.state.step
+        self.meter.load(saved["meter"])
+        set_rng_state(saved["rng"])
+
+
+def _scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """The scheduler's counters (its lambdas are rebuilt from config, not stored)."""
+    return {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) random states, in checkpointable form."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def _short(rows: list[int], limit: int = 12) -> str:
+    """A list of example indices, shortened for a message."""
+    head = ", ".join(map(str, rows[:limit]))
+    return f"[{head}{', ...' if len(rows) > limit else ''}] ({len(rows)} examples)"
 
 
 class _Meter:
@@ -278,6 +466,17 @@ class _Meter:
         out = (loss, self.tokens / elapsed, self.examples / elapsed)
         self.__init__()
         return out
+
+    def state(self) -> dict[str, Any]:
+        """The running sums, for a checkpoint."""
+        return {"total": None if self.total is None else self.total.detach().cpu(),
+                "weight": None if self.weight is None else self.weight.detach().cpu(),
+                "tokens": self.tokens, "examples": self.examples}
+
+    def load(self, saved: dict[str, Any]) -> None:
+        """Continue from saved running sums."""
+        self.total, self.weight = saved["total"], saved["weight"]
+        self.tokens, self.examples = saved["tokens"], saved["examples"]
 
 
 def _fmt(scalars: dict[str, float]) -> str:

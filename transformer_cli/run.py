@@ -9,6 +9,7 @@ import platform
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from transformer_cli import __version__
-from transformer_cli.checkpoint import Checkpoint, load_checkpoint, load_weights, save_checkpoint
-from transformer_cli.config import check_train_config, choose, load_train_config
+from transformer_cli.checkpoint import Checkpoint, CheckpointDir, load_checkpoint, load_weights, save_checkpoint
+from transformer_cli.config import check_train_config, choose, load_train_config, to_plain
 from transformer_cli.data.batching import EncodedSplit
 from transformer_cli.data.loading import RawSplit, load_splits, read_eval_file
 from transformer_cli.data.tokenize import encode, train_tokenizer
@@ -56,10 +57,11 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     check_train_config(cfg)
     task_spec = TASKS[cfg.task.name]
     monitor = cfg.trainer.monitor or task_spec.default_monitor
+    resume = find_resume(cfg, run_dir)
     seed_everything(cfg.seed, cfg.trainer.deterministic, cfg.trainer.threads)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
-    prep = prepare_training_data(cfg)
+    prep = prepare_training_data(cfg, resume)
     model = build_model(cfg, prep.tokenizer.get_vocab_size(), prep.task).to(device)
     loss_fn = build_loss(cfg.loss, prep.loss_context)
     train_split, val_split = prep.splits["train"], prep.splits["validation"]
@@ -71,22 +73,28 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
              cfg.loss.name, device, precision.name, f"{n_params:,}", steps, steps_per_epoch(train_split, cfg.trainer))
     log.info("examples: %s, vocabulary: %d", prep.sizes, prep.tokenizer.get_vocab_size())
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    ckpt_dir = run_dir / "checkpoints"
+    ckpts = CheckpointDir(run_dir / "checkpoints", cfg.trainer.keep_last)
     task_json = {**prep.task.state(), "loss_kind": prep.task.loss_kind, "loss_context": _context_json(prep.loss_context)}
-
-    def on_eval(state: FitState, scalars: dict[str, float], improved: bool) -> None:
-        meta = {"step": state.step, "epoch": state.epoch, "monitor": monitor, "metrics": scalars}
-        save_checkpoint(ckpt_dir / "last", model, cfg, prep.tokenizer, task_json, meta)
-        if improved:
-            save_checkpoint(ckpt_dir / "best", model, cfg, prep.tokenizer, task_json, meta)
+    if resume is not None:
+        continue_metrics(resume.path, run_dir / "metrics.jsonl", int(resume.meta["step"]))
 
     with JsonlWriter(run_dir / "metrics.jsonl") as writer:
+        def on_checkpoint(state: FitState, scalars: dict[str, float] | None, improved: bool) -> str:
+            meta = {"step": state.step, "epoch": state.epoch, "monitor": monitor, "metrics": scalars}
+            write = partial(save_checkpoint, model=model, config=cfg, tokenizer=prep.tokenizer, task_state=task_json,
+                            meta=meta, trainer_state=fitter.capture())
+            return str(ckpts.save(state.step, write, best=improved))
+
         fitter = Fitter(model, prep.task, loss_fn, optimizer, scheduler, precision, cfg.trainer, cfg.seed,
-                        monitor, writer, on_eval)
+                        monitor, writer, on_checkpoint)
+        if resume is not None:
+            load_weights(model, resume.weights, resume.path)
+            fitter.restore(resume.trainer_state)
+            log.info("resumed from %s at step %d (epoch %d)", resume.path, fitter.state.step, fitter.state.epoch)
         train_start = time.time()
         state = fitter.fit(train_split, val_split)
         train_seconds = time.time() - train_start
-        best = load_checkpoint(ckpt_dir / "best")
+        best = load_checkpoint(ckpts.root / "best")
         load_weights(model, best.weights, best.path)
         final = final_evaluation(model, prep, loss_fn, precision, cfg.trainer, writer, state)
     summary = {
@@ -95,7 +103,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         "epochs": state.step / max(1, steps_per_epoch(train_split, cfg.trainer)), "stop_reason": state.stop_reason,
         "final": {k: v["metrics"] for k, v in final.items()},
         "details": {k: v["details"] for k, v in final.items()},
-        "checkpoints": {"best": str(ckpt_dir / "best"), "last": str(ckpt_dir / "last")},
+        "checkpoints": {"best": str(ckpts.root / "best"), "last": str(ckpts.root / "last"),
+                        "best_target": str((ckpts.root / "best").resolve()), "resumed_from": resume and str(resume.path)},
+        "skipped_steps": state.skipped_steps,
         "parameters": n_params, "examples": prep.sizes, "vocab_size": prep.tokenizer.get_vocab_size(),
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(1e-9, state.step / max(1, steps_per_epoch(train_split, cfg.trainer))),
@@ -124,17 +134,20 @@ def final_evaluation(model: torch.nn.Module, prep: Prepared, loss_fn: Any, preci
     return out
 
 
-def prepare_training_data(cfg: DictConfig) -> Prepared:
-    """Load splits, learn the label set and the vocabulary on train, encode every split."""
+def prepare_training_data(cfg: DictConfig, saved: Checkpoint | None = None) -> Prepared:
+    """Load splits, learn the label set and the vocabulary on train (or take them from `saved`), encode."""
     raw = load_splits(cfg.data)
     task_spec = TASKS[cfg.task.name]
     loss_kind = next(k for k in LOSSES[cfg.loss.name].targets if k in task_spec.target_kinds)
     train_raw = raw["train"]
-    state = task_spec.build.fit_state(train_raw.labels, cfg.task, cfg.data.labels, train_raw.where.source)
-    task = task_spec.build(cfg.task, loss_kind, state)
+    if saved is not None:
+        task = rebuild_task(cfg, saved)
+        tokenizer = saved.tokenizer
+    else:
+        state = task_spec.build.fit_state(train_raw.labels, cfg.task, cfg.data.labels, train_raw.where.source)
+        task = task_spec.build(cfg.task, loss_kind, state)
+        tokenizer = train_tokenizer(train_raw.texts + (train_raw.pairs or []), cfg.data.tokenizer)
     targets = {name: task.encode_targets(split.labels, split.where) for name, split in raw.items()}
-    corpus = train_raw.texts + (train_raw.pairs or [])
-    tokenizer = train_tokenizer(corpus, cfg.data.tokenizer)
     splits = {name: EncodedSplit(encode(tokenizer, s.texts, s.pairs), targets[name]) for name, s in raw.items()}
     return Prepared(task=task, splits=splits, sizes={k: len(v) for k, v in raw.items()}, tokenizer=tokenizer,
                     loss_context=task.loss_context(targets["train"]))
@@ -143,6 +156,71 @@ def prepare_training_data(cfg: DictConfig) -> Prepared:
 def build_model(cfg: DictConfig, vocab_size: int, task: Task) -> SequenceModel:
     """The encoder and the task's head, from the model config."""
     return SequenceModel(Encoder(vocab_size, cfg.model), task.head(cfg.model.d_model))
+
+
+# Settings that may differ between a run and its resumption: how long to go on, where, how to show it.
+RESUMABLE_CHANGES = ("resume", "trainer.max_steps", "trainer.max_epochs", "trainer.progress", "trainer.device",
+                     "trainer.log_every", "trainer.save_every", "trainer.keep_last", "trainer.threads",
+                     "trainer.early_stopping_patience", "trainer.nan_policy", "trainer.max_consecutive_skips",
+                     "trainer.detect_anomaly", "data.archive", "data.cache_dir")
+
+
+def find_resume(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:
+    """The checkpoint to resume from: none, this run dir's newest complete one (auto), or a given path."""
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        found = CheckpointDir(run_dir / "checkpoints", cfg.trainer.keep_last).newest_complete()
+        if found is None:
+            log.info("resume=auto: no complete checkpoint in %s, starting fresh", run_dir / "checkpoints")
+            return None
+    else:
+        path = Path(str(cfg.resume)).expanduser()
+        found = path / "checkpoints" / "last" if (path / "checkpoints" / "last").is_dir() else path
+    ckpt = load_checkpoint(found, trainer_state=True)
+    check_resume_config(cfg, load_train_config(ckpt.config, source=str(ckpt.path / "config.yaml")), ckpt.path)
+    return ckpt
+
+
+def check_resume_config(cfg: DictConfig, saved: DictConfig, source: Path) -> None:
+    """Refuse to resume with a config that would change what is being trained."""
+    now, then = _flat(to_plain(cfg)), _flat(to_plain(saved))
+    diffs = [k for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k)
+             and not any(k == c or k.startswith(c + ".") for c in RESUMABLE_CHANGES)]
+    if diffs:
+        shown = "; ".join(f"{k}: checkpoint {then.get(k)!r}, now {now.get(k)!r}" for k in diffs[:8])
+        raise TformerError(f"cannot resume from {source}: the config differs ({shown})",
+                           hint="resume with the same overrides as the original run (see its .hydra/overrides.yaml)")
+
+
+def continue_metrics(ckpt_path: Path, target: Path, step: int) -> None:
+    """Make `target` hold the source run's metrics up to the checkpoint's step, so the file continues."""
+    source = ckpt_path.resolve().parent.parent / "metrics.jsonl"
+    if not source.is_file():
+        return
+    kept = [line for line in source.read_text().splitlines()
+            if line.strip() and _step_of(line) is not None and _step_of(line) <= step]  # type: ignore[operator]
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, target)
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one metrics.jsonl line (None for a torn last line)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as dotted keys."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): tree}
 
 
 def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:

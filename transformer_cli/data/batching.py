@@ -52,9 +52,10 @@ class EncodedSplit:
         return -(-len(self) // batch_size)
 
     def batches(self, batch_size: int, *, shuffle: bool, bucket: bool, seed: int = 0, epoch: int = 0,
-                pin: bool = False) -> Iterator[Batch]:
-        """Yield padded batches in the order batch_order gives."""
-        for idx in batch_order(self.lengths, batch_size, shuffle=shuffle, bucket=bucket, seed=seed, epoch=epoch):
+                pin: bool = False, skip: int = 0) -> Iterator[Batch]:
+        """Yield padded batches in the order batch_order gives, after the first `skip` (a resumed epoch)."""
+        order = batch_order(self.lengths, batch_size, shuffle=shuffle, bucket=bucket, seed=seed, epoch=epoch)
+        for idx in order[skip:]:
             yield collate([self.ids[i] for i in idx], self.targets[torch.from_numpy(idx)], idx, pin)
 
 

@@ -18,19 +18,24 @@ PAD_ID = 0
 def train_tokenizer(texts: Sequence[str], cfg: Any) -> Tokenizer:
     """Learn a BPE or WordPiece vocabulary from `texts` and set truncation and [CLS]/[SEP] framing."""
     if cfg.kind == "wordpiece":
+        # WordPiece marks continuations with "##"; the trainer numbers those symbols in hash order, so the
+        # vocabulary can differ between two processes on the same text (not reproducible: see README).
         tok = Tokenizer(models.WordPiece(unk_token=UNK))
         trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
                                             special_tokens=SPECIALS, show_progress=False)
         tok.decoder = decoders.WordPiece()
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
     else:
-        tok = Tokenizer(models.BPE(unk_token=UNK, continuing_subword_prefix="##"))
+        # SentencePiece-style BPE: "▁" marks word starts inside the text, so no continuation prefix is
+        # needed; that keeps training deterministic (same text, same vocabulary, in any process) and
+        # decoding exact. Punctuation is split off after the spaces are marked, so nothing is lost.
+        tok = Tokenizer(models.BPE(unk_token=UNK))
         trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                                      special_tokens=SPECIALS, continuing_subword_prefix="##",
-                                      show_progress=False)
-        tok.decoder = decoders.WordPiece()
+                                      special_tokens=SPECIALS, show_progress=False)
+        tok.decoder = decoders.Metaspace()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
     steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
     tok.normalizer = normalizers.Sequence(steps)
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(_chunks(texts), trainer=trainer, length=len(texts))
     return frame(tok, cfg.max_length)
 
