@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from rich.console import Console
 
+from transformer_cli import sweep
+from transformer_cli.catalog import use_config_dirs
+from transformer_cli.completion import SHELL_COMPLETION_FLAGS, complete
 from transformer_cli.config import conf_dir, register_schemas
 from transformer_cli.errors import Preempted, TformerError
 
@@ -21,9 +25,17 @@ USAGE = """usage: tformer <command> [hydra overrides] [hydra flags]
 commands:
   train   train a model:            tformer train task=classify loss=ce model=small
   eval    evaluate a checkpoint:    tformer eval ckpt=outputs/train/<date>/<time>
+  predict predict new texts:        tformer predict ckpt=outputs/train/<date>/<time> input=texts.txt
+  plan    check a config, count parameters, FLOPs, memory and steps, preview the schedule:
+                                    tformer plan model=base trainer.grad_accum=4
+  report  compare runs or a sweep:  tformer report outputs/multirun/by-loss+seed
+  export  ONNX / torch.export:      tformer export ckpt=outputs/train/<date>/<time> format=onnx
+  ls      list config presets:      tformer ls [group ...]
+  cp      copy one to edit:         tformer cp experiment/quick myconf/experiment/mine.yaml
 
 Every command takes Hydra overrides (key=value, group=option, +key=value) and flags
-(--help, --cfg job, -m for sweeps). `tformer train --help` lists the config groups.
+(--help, --cfg job, -m for sweeps, --config-dir DIR for your own configs). `tformer train --help` lists
+the config groups. Shell completion: eval "$(tformer -sc install=bash)".
 Set TFORMER_TRACEBACK=1 to see full tracebacks for errors.
 """
 
@@ -35,7 +47,7 @@ def _train(cfg: DictConfig) -> float:
     """Hydra task function of `tformer train`."""
     from transformer_cli.run import train
 
-    return _guard(lambda: train(cfg, _run_dir()))
+    return _guard(lambda: train(cfg, _run_dir()), sweep_cfg=cfg)
 
 
 def _eval(cfg: DictConfig) -> Any:
@@ -45,11 +57,54 @@ def _eval(cfg: DictConfig) -> Any:
     return _guard(lambda: evaluate(cfg, _run_dir()))
 
 
+def _predict(cfg: DictConfig) -> Any:
+    """Hydra task function of `tformer predict`."""
+    from transformer_cli.predict import predict
+
+    return _guard(lambda: predict(cfg))
+
+
+def _plan(cfg: DictConfig) -> Any:
+    """Hydra task function of `tformer plan` (conf/plan.yaml composes the train config)."""
+    from transformer_cli.plan import plan_command
+
+    return _guard(lambda: plan_command(cfg))
+
+
+def _export(cfg: DictConfig) -> Any:
+    """Hydra task function of `tformer export`."""
+    from transformer_cli.export import export
+
+    return _guard(lambda: export(cfg, _run_dir()))
+
+
+def _ls(args: list[str]) -> int:
+    """`tformer ls [GROUP ...]`."""
+    from transformer_cli.catalog import ls_command
+
+    return ls_command(args)
+
+
+def _cp(args: list[str]) -> int:
+    """`tformer cp GROUP/OPTION DEST`."""
+    from transformer_cli.catalog import cp_command
+
+    return cp_command(args)
+
+
+def _report(args: list[str]) -> int:
+    """`tformer report <run or sweep dir> ...`."""
+    from transformer_cli.report import report_command
+
+    return report_command(args)
+
+
 # Commands whose arguments are Hydra overrides: name -> (config name in conf/, task function).
-COMMANDS: dict[str, Callable[[DictConfig], Any]] = {"train": _train, "eval": _eval}
+COMMANDS: dict[str, Callable[[DictConfig], Any]] = {"train": _train, "eval": _eval, "plan": _plan,
+                                                      "predict": _predict, "export": _export}
 
 # Commands with their own plain arguments: name -> function taking the argument list, returning an exit code.
-PLAIN_COMMANDS: dict[str, Callable[[list[str]], int]] = {}
+PLAIN_COMMANDS: dict[str, Callable[[list[str]], int]] = {"report": _report, "ls": _ls, "cp": _cp}
 
 
 def _run_dir() -> Path:
@@ -57,9 +112,14 @@ def _run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def _guard(job: Callable[[], Any]) -> Any:
-    """Run a job; a user's mistake becomes a clear message and exit status 2, not a traceback."""
+def _guard(job: Callable[[], Any], sweep_cfg: DictConfig | None = None) -> Any:
+    """Run a job; a user's mistake becomes a clear message and exit status 2, not a traceback.
+
+    A training job inside a sweep (`sweep_cfg` given, `-m`) is skipped when its config already finished, and
+    a failure is recorded in its directory instead of ending the sweep (transformer_cli/sweep.py)."""
     try:
+        if sweep_cfg is not None and sweep.in_multirun():
+            return sweep.run_job(job, sweep_cfg, _run_dir(), report_error)
         return job()
     except TformerError as err:
         if os.environ.get("TFORMER_TRACEBACK"):
@@ -67,9 +127,10 @@ def _guard(job: Callable[[], Any]) -> Any:
         report_error(err)
         raise SystemExit(EXIT_USER_ERROR) from None
     except Preempted as stop:
-        Console(stderr=True, highlight=False).print(
-            f"[yellow]{stop}[/]: checkpoint {stop.checkpoint}\n"
-            "resume with the same command plus resume=auto and the same hydra.run.dir (or resume=<run dir>)")
+        how = ("rerun the same sweep command: finished jobs are skipped; add resume=auto to continue this one "
+               "from its checkpoint" if sweep.in_multirun() else
+               "resume with the same command plus resume=auto and the same hydra.run.dir (or resume=<run dir>)")
+        Console(stderr=True, highlight=False).print(f"[yellow]{stop}[/]: checkpoint {stop.checkpoint}\n{how}")
         raise SystemExit(EXIT_PREEMPTED) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
@@ -84,6 +145,74 @@ def report_error(err: TformerError) -> None:
         console.print(f"[bold]hint:[/] {err.hint}", soft_wrap=True)
 
 
+# Hydra flags that change where configs come from: a precheck against the shipped configs would mislead.
+CONFIG_SOURCE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "hydra.searchpath")
+
+
+def precheck_overrides(command: str, args: list[str]) -> None:
+    """Compose the config once before Hydra does, to turn a mistake into a clear message with a suggestion."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    if any(a.split("=")[0] in CONFIG_SOURCE_FLAGS or a.startswith("hydra.searchpath") for a in args):
+        return
+    candidates = [a for a in args if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra.")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(candidates)
+    except OverrideParseException:
+        return  # Hydra reports malformed overrides itself
+    single = [o.input_line for o in parsed if not o.is_sweep_override()]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            compose(command, overrides=single)
+    except ConfigCompositionException as err:
+        report_error(TformerError(_composition_message(err), hint=_suggestion(command, err, single)))
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def _composition_message(err: Exception) -> str:
+    """Hydra's message, plus OmegaConf's reason when it is the informative part."""
+    cause = err.__cause__
+    first = str(err).splitlines()[0]
+    if cause is not None and getattr(cause, "full_key", None):
+        reason = str(cause).splitlines()[0]
+        return f"{first} {reason}"
+    text = str(err).split("Config search path")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 2 and lines[1].startswith("Available"):
+        wanted = lines[0].rsplit("/", 1)[-1].strip("'")
+        close = difflib.get_close_matches(wanted, lines[2:], n=1)
+        guess = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{lines[0]} (available: {', '.join(lines[2:])}){guess}"
+    return lines[0]
+
+
+def _suggestion(command: str, err: Exception, overrides: list[str]) -> str | None:
+    """'did you mean ...' for an unknown key, from the keys that exist next to it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = err.__cause__
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not getattr(cause, "full_key", None):
+        return None
+    full_key = str(cause.full_key)
+    parent, _, leaf = full_key.rpartition(".")
+    rest = [o for o in overrides if o.lstrip("+~").split("=")[0] != full_key]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(command, overrides=rest)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        keys = [str(k) for k in node.keys()] if node is not None else []
+    except Exception:  # the rest of the overrides may be broken too; no suggestion then
+        return None
+    close = difflib.get_close_matches(leaf, keys, n=1)
+    if close:
+        return f"did you mean {parent + '.' if parent else ''}{close[0]}?"
+    return f"keys under {parent or 'the top level'}: {', '.join(keys)}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Dispatch `tformer <command> ...` to the command's Hydra app."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -91,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         raise SystemExit(0 if args else EXIT_USER_ERROR)
     command, rest = args[0], args[1:]
+    if command in SHELL_COMPLETION_FLAGS:  # Hydra's completion script calls back `tformer -sc query=bash`
+        raise SystemExit(complete(rest, {c: partial(_complete_app, c) for c in COMMANDS},
+                                  [*COMMANDS, *PLAIN_COMMANDS]))
     if command in PLAIN_COMMANDS:
         raise SystemExit(_guard(lambda: PLAIN_COMMANDS[command](rest)))
     if command not in COMMANDS:
@@ -100,9 +232,27 @@ def main(argv: list[str] | None = None) -> None:
         report_error(TformerError(f"unknown command '{command}'{hint}", hint=f"commands: {', '.join(known)}"))
         raise SystemExit(EXIT_USER_ERROR)
     register_schemas()
+    if not set(SHELL_COMPLETION_FLAGS) & set(rest):  # in `tformer train -sc install=bash`, no overrides
+        precheck_overrides(command, rest)
+    sweep.register_resolvers()
+    if command == "train":
+        rest = sweep.with_default_sweep_dir(rest)
+    run_app(command, rest)
+
+
+def run_app(command: str, rest: list[str]) -> None:
+    """Run a command's Hydra app on the rest of the command line, searching --config-dir first."""
+    rest = _guard(lambda: use_config_dirs(rest))
     app = hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")(COMMANDS[command])
-    sys.argv = [f"tformer-{command}", *rest]
+    sys.argv = ["tformer", *rest]  # Hydra names the program after argv[0] in --help and shell completion
     app()
+
+
+def _complete_app(command: str, rest: list[str]) -> None:
+    """A command's Hydra app answering a shell completion request."""
+    register_schemas()
+    sweep.register_resolvers()
+    run_app(command, rest)
 
 
 if __name__ == "__main__":

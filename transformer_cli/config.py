@@ -96,6 +96,15 @@ class TrainerConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Where metrics go: metrics.jsonl and metrics.csv always, plus the backends named here."""
+
+    name: str = "files"
+    backends: list[str] = field(default_factory=list)  # extra writers by name: tensorboard
+    tensorboard_dir: str = "tensorboard"  # event files, relative to the run directory
+
+
+@dataclass
 class TrainConfig:
     """The whole `tformer train` config."""
 
@@ -108,6 +117,7 @@ class TrainConfig:
     optim: Any = MISSING
     schedule: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 @dataclass
@@ -123,6 +133,34 @@ class EvalConfig:
     progress: bool = True
 
 
+@dataclass
+class PredictConfig:
+    """The `tformer predict` config: a checkpoint, texts in, one JSON line per text out."""
+
+    ckpt: str = MISSING  # a checkpoint directory, or a run directory (its checkpoints/best is used)
+    input: str = "-"  # .txt (a text per line), .csv / .tsv / .jsonl (checkpoint's columns, optional id), - (stdin)
+    output: str = "-"  # a file for the JSON Lines (written whole or not at all), or - (stdout)
+    format: str = "auto"  # auto (from input's extension; stdin: txt) | txt | csv | tsv | jsonl
+    top_k: int = 5  # classify / multilabel: how many of the most probable labels each record lists (0: none)
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None  # default: the eval_batch_size the model was trained with
+
+
+@dataclass
+class ExportConfig:
+    """The `tformer export` config: a checkpoint, a format, and how closely the export must match PyTorch."""
+
+    ckpt: str = MISSING  # a checkpoint directory, or a run directory (its checkpoints/best is used)
+    format: str = "onnx"  # onnx | torch_export
+    out: str | None = None  # directory for the exported files (default: this command's run directory)
+    file: str | None = None  # sample texts for the check (the checkpoint's columns); default: its validation split
+    samples: int = 8  # texts per check batch
+    atol: float = 1e-4  # outputs must agree within atol + rtol * |PyTorch output|
+    rtol: float = 1e-4
+    opset: int | None = None  # ONNX opset (default: the exporter's)
+
+
 def register_schemas() -> None:
     """Store every schema in Hydra's ConfigStore; the YAML files name them in their defaults."""
     from transformer_cli.losses import LOSSES
@@ -132,6 +170,8 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
     for group, table in (("task", TASKS), ("loss", LOSSES), ("optim", OPTIMIZERS), ("schedule", SCHEDULES)):
         for name, spec in table.items():
             cs.store(group=f"schema/{group}", name=name, node=spec.schema)
@@ -157,6 +197,7 @@ def check_train_config(cfg: DictConfig) -> None:
     from transformer_cli.losses import LOSSES
     from transformer_cli.tasks import TASKS
 
+    _refuse_targets(OmegaConf.to_container(cfg, resolve=False), "the config", "")
     task = choose(TASKS, cfg.task.name, "task")
     loss = choose(LOSSES, cfg.loss.name, "loss")
     if not set(loss.targets) & set(task.target_kinds):

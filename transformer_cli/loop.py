@@ -242,7 +242,7 @@ class Fitter:
         self.bar = tqdm(total=limit, initial=state.step, desc="train", disable=not self.cfg.progress,
                         dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
         with self._catch_signals():
-            while state.step < limit and not state.stop_reason:
+            while state.step < limit and not state.stop_reason and not self._epochs_done():
                 if self._epoch(train, val, limit):
                     state.epoch += 1
                     state.windows_done = 0
@@ -253,6 +253,10 @@ class Fitter:
         self.bar.close()
         state.stop_reason = state.stop_reason or "completed"
         return state
+
+    def _epochs_done(self) -> bool:
+        """Whether max_epochs passes are complete (skipped non-finite steps do not buy extra data)."""
+        return self.cfg.max_epochs > 0 and self.state.epoch >= self.cfg.max_epochs
 
     def _epoch(self, train: EncodedSplit, val: EncodedSplit, limit: int) -> bool:
         """Run optimizer steps over (the rest of) one epoch; True when the whole epoch was consumed."""
@@ -395,7 +399,9 @@ class Fitter:
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Put optimizer, scheduler, scaler, RNGs, counters and running averages back as captured."""
-        self.optimizer.load_state_dict(saved["optimizer"])
+        optimizer = dict(saved["optimizer"])
+        optimizer["state"] = {int(k): v for k, v in optimizer["state"].items()}  # JSON made the ids strings
+        self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict({**saved["scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)})
         if saved["scaler"]:
             self.scaler.load_state_dict(saved["scaler"])

@@ -26,12 +26,14 @@ from transformer_cli.data.tokenize import encode, train_tokenizer
 from transformer_cli.errors import TformerError
 from transformer_cli.loop import FitState, Fitter, Precision, evaluate as evaluate_batches, resolve_device, resolve_precision, steps_per_epoch, total_steps
 from transformer_cli.losses import LOSSES, build_loss
+from transformer_cli.logging_backends import open_writers
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import METRIC_MODES, JsonlWriter
 from transformer_cli.model import Encoder, SequenceModel, count_parameters
 from transformer_cli.optim import build_optimizer, build_scheduler
 from transformer_cli.plots import plot_curves
 from transformer_cli.report import print_results
+from transformer_cli.run_card import write_run_card
 from transformer_cli.tasks import TASKS
 from transformer_cli.tasks.common import Task
 
@@ -55,6 +57,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     Returns the best value of the monitored validation metric (what Hydra sweepers optimise)."""
     start = time.time()
     check_train_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     task_spec = TASKS[cfg.task.name]
     monitor = cfg.trainer.monitor or task_spec.default_monitor
     resume = find_resume(cfg, run_dir)
@@ -78,7 +81,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if resume is not None:
         continue_metrics(resume.path, run_dir / "metrics.jsonl", int(resume.meta["step"]))
 
-    with JsonlWriter(run_dir / "metrics.jsonl") as writer:
+    with open_writers(OmegaConf.select(cfg, "logger"), run_dir, cfg) as writer:  # metrics.jsonl, .csv, [tensorboard]
         def on_checkpoint(state: FitState, scalars: dict[str, float] | None, improved: bool) -> str:
             meta = {"step": state.step, "epoch": state.epoch, "monitor": monitor, "metrics": scalars}
             write = partial(save_checkpoint, model=model, config=cfg, tokenizer=prep.tokenizer, task_state=task_json,
@@ -114,6 +117,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     }
     summary["plots"] = {"curves": str(plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", monitor))}
     _write_json(run_dir / "summary.json", summary)
+    write_run_card(run_dir, cfg, _finite(summary))
     print_results(f"{cfg.task.name} / {cfg.loss.name}: best {monitor}={state.best_value:.4f} at step {state.best_step}",
                   {k: v["metrics"] for k, v in final.items()})
     log.info("run directory: %s", run_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass, replace
@@ -110,9 +111,28 @@ def _read_file(path: Path, fmt: str, split: str) -> tuple[Any, Where]:
     try:
         table = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
     except Exception as err:  # datasets wraps parser errors in many types; all mean "bad file"
-        raise TformerError(f"could not read {path} as {builder}: {_root_cause(err)}",
+        where = _first_bad_line(path, builder)
+        raise TformerError(f"could not read {path} as {builder}{where}: {_root_cause(err)}",
                            hint="check that the file is well-formed and in the format its extension says") from err
     return table, Where(split=split, source=str(path))
+
+
+def _first_bad_line(path: Path, builder: str) -> str:
+    """' (line N: reason)' for the first undecodable or, in JSON Lines, unparsable line; '' if none found."""
+    if builder == "parquet" or path.suffix.lower() in COMPRESSIONS:
+        return ""
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return f" (line {number}: not UTF-8, byte {raw[err.start:err.start + 1]!r} at column {err.start + 1})"
+            if builder == "json" and line.strip() and _extension(path) == ".jsonl":
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as err:
+                    return f" (line {number}: invalid JSON: {err.msg} at column {err.colno})"
+    return ""
 
 
 def _read_hub(cfg: Any) -> dict[str, tuple[Any, Where]]:
@@ -213,7 +233,7 @@ def _quiet_datasets() -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(logging.CRITICAL)  # its parse errors become our message, naming the line
 
 
 def read_eval_file(path: Path, cfg: Any) -> RawSplit:
