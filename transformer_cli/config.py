@@ -66,6 +66,8 @@ class ModelConfig:
     norm: str = "pre"  # pre (LayerNorm before each sublayer) | post (original Transformer)
     positional: str = "sinusoidal"  # sinusoidal | learned
     max_positions: int = 512  # longest sequence the positional table covers
+    decoder_layers: int | None = None  # seq2seq: decoder depth (default: n_layers)
+    tie_embeddings: bool = True  # seq2seq: the output projection shares the decoder's input embeddings
 
 
 @dataclass
@@ -197,7 +199,7 @@ def check_train_config(cfg: DictConfig) -> None:
     from transformer_cli.losses import LOSSES
     from transformer_cli.tasks import TASKS
 
-    _refuse_targets(OmegaConf.to_container(cfg, resolve=False), "the config", "")
+    _refuse_targets(OmegaConf.to_container(cfg, resolve=False), "the config", "", interpolations=True)
     task = choose(TASKS, cfg.task.name, "task")
     loss = choose(LOSSES, cfg.loss.name, "loss")
     if not set(loss.targets) & set(task.target_kinds):
@@ -282,18 +284,20 @@ def load_train_config(raw: DictConfig, source: str) -> DictConfig:
     return cfg
 
 
-def _refuse_targets(node: Any, source: str, path: str) -> None:
-    """Fail on any `_target_`-style key: tformer never imports or calls a path named by a config."""
+def _refuse_targets(node: Any, source: str, path: str, interpolations: bool = False) -> None:
+    """Fail on any `_target_`-style key: tformer never imports or calls a path named by a config.
+
+    Interpolations are refused too unless allowed: a stored (resolved) config never holds one."""
     if isinstance(node, dict):
         for key, value in node.items():
             if str(key) in ("_target_", "_partial_", "_recursive_", "_args_"):
                 raise TformerError(f"{source} contains '{path}{key}': tformer never imports or calls code "
                                    "named in a config", hint="remove that key; components are chosen by name")
-            _refuse_targets(value, source, f"{path}{key}.")
+            _refuse_targets(value, source, f"{path}{key}.", interpolations)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            _refuse_targets(value, source, f"{path}{i}.")
-    elif isinstance(node, str) and "${" in node:
+            _refuse_targets(value, source, f"{path}{i}.", interpolations)
+    elif isinstance(node, str) and "${" in node and not interpolations:
         # tformer stores configs resolved; an interpolation here was written by hand.
         raise TformerError(f"{source} contains an interpolation at '{path.rstrip('.')}': {node!r}",
                            hint="stored configs must hold plain values")

@@ -100,7 +100,9 @@ STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, 
 def compute_loss(model: nn.Module, batch: Batch, task: Task, loss_fn: Loss, precision: Precision) -> tuple[LossValue, Tensor]:
     """Forward one batch and score it: (loss value, raw outputs)."""
     with precision.autocast():
-        outputs = model(batch.input_ids, batch.mask)
+        # A task may feed the model more than the source (seq2seq: the shifted target).
+        forward = getattr(task, "forward", None)
+        outputs = forward(model, batch) if forward else model(batch.input_ids, batch.mask)
     return loss_fn(*task.loss_inputs(outputs, batch.targets)), outputs
 
 
@@ -178,7 +180,11 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], task: Task, loss_fn: Lo
         value, outputs = compute_loss(model, batch, task, loss_fn, precision)
         total += value.total.double()
         weight += value.weight.double()
-        task.update_metrics(metrics, outputs, batch.targets)
+        observe = getattr(task, "observe", None)  # a task that decodes needs the model and the batch
+        if observe:
+            observe(metrics, model, batch, outputs)
+        else:
+            task.update_metrics(metrics, outputs, batch.targets)
     model.train(was_training)
     scalars = {"loss": float(total / weight) if weight > 0 else math.nan, **metrics.compute()}
     return scalars, metrics.details()

@@ -1,4 +1,4 @@
-"""The Transformer encoder, top to bottom: embeddings, attention, feed-forward, layer, stack.
+"""The Transformer, top to bottom: embeddings, attention, feed-forward, encoder and decoder layers and stacks.
 
 Shapes: B batch, T tokens, D d_model, H heads, hs = D // H head size.
 Masks are boolean with True on real tokens; padding keys are never attended to.
@@ -39,11 +39,11 @@ class Embeddings(nn.Module):
             self.register_buffer("table", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        """(B, T) token ids -> (B, T, D) vectors."""
+    def forward(self, input_ids: Tensor, start: int = 0) -> Tensor:
+        """(B, T) token ids at positions start..start+T-1 -> (B, T, D) vectors."""
         T = input_ids.shape[1]
-        pos = self.positions.weight[:T] if self.learned else self.table[:T]  # (T, D)
-        return self.dropout(self.tokens(input_ids) * self.scale + pos)
+        table = self.positions.weight if self.learned else self.table
+        return self.dropout(self.tokens(input_ids) * self.scale + table[start : start + T])
 
 
 class SelfAttention(nn.Module):
@@ -56,15 +56,50 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.attn_dropout = cfg.attn_dropout
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """(B, T, D) with (B, T) key mask -> (B, T, D)."""
+    def forward(self, x: Tensor, mask: Tensor | None, cache: dict[str, Tensor] | None = None) -> Tensor:
+        """(B, T, D) -> (B, T, D). With a (B, T) key mask: bidirectional over real tokens (encoder).
+        Without a mask: causal (decoder); `cache` then holds the keys and values of earlier steps."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hs)
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)  # (B, H, t+T, hs)
+            cache["k"], cache["v"] = k, v
+        causal = mask is None and q.shape[2] > 1  # one new query may see every cached key
+        if causal and k.shape[2] != q.shape[2]:
+            raise ValueError("a cached causal step must feed one token at a time")
         y = F.scaled_dot_product_attention(
             q, k, v,
-            attn_mask=mask[:, None, None, :],  # (B, 1, 1, T): every query sees every real key
+            attn_mask=None if mask is None else mask[:, None, None, :],  # (B, 1, 1, T): only real keys
             dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=causal,
         )  # (B, H, T, hs)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+
+class CrossAttention(nn.Module):
+    """Decoder queries attend to the encoder's states (keys and values projected once per source)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.q = nn.Linear(cfg.d_model, cfg.d_model)
+        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.attn_dropout = cfg.attn_dropout
+
+    def memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, S, D) encoder states -> keys and values, each (B, H, S, hs)."""
+        B, S, D = memory.shape
+        k, v = self.kv(memory).view(B, S, 2, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], memory_mask: Tensor) -> Tensor:
+        """(B, T, D) queries over (B, S) real source positions -> (B, T, D)."""
+        B, T, D = x.shape
+        q = self.q(x).view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, T, hs)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=memory_mask[:, None, None, :],
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -124,6 +159,86 @@ class Encoder(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         return self.final_norm(x)
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention over the source, feed-forward; pre- or post-norm residuals."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(cfg)
+        self.cross_attn = CrossAttention(cfg)
+        self.ff = FeedForward(cfg)
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.pre_norm = cfg.norm == "pre"
+
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], memory_mask: Tensor,
+                cache: dict[str, Tensor] | None = None) -> Tensor:
+        """(B, T, D) target states -> (B, T, D)."""
+        if self.pre_norm:
+            x = x + self.dropout(self.self_attn(self.norm1(x), None, cache))
+            x = x + self.dropout(self.cross_attn(self.norm2(x), kv, memory_mask))
+            return x + self.dropout(self.ff(self.norm3(x)))
+        x = self.norm1(x + self.dropout(self.self_attn(x, None, cache)))
+        x = self.norm2(x + self.dropout(self.cross_attn(x, kv, memory_mask)))
+        return self.norm3(x + self.dropout(self.ff(x)))
+
+
+class Decoder(nn.Module):
+    """Target embeddings and a stack of decoder layers; a final LayerNorm in the pre-norm variant."""
+
+    def __init__(self, vocab_size: int, cfg: ModelConfig, pad_id: int = 0) -> None:
+        super().__init__()
+        self.embed = Embeddings(vocab_size, cfg, pad_id)
+        depth = cfg.decoder_layers if cfg.decoder_layers is not None else cfg.n_layers
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+
+    def memory(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Every layer's cross-attention keys and values for the encoder states."""
+        return [layer.cross_attn.memory(memory) for layer in self.layers]
+
+    def forward(self, target_ids: Tensor, kvs: list[tuple[Tensor, Tensor]], memory_mask: Tensor,
+                caches: list[dict[str, Tensor]] | None = None, start: int = 0) -> Tensor:
+        """(B, T) target ids from position `start` -> (B, T, D) states (caches grow by T when given)."""
+        x = self.embed(target_ids, start)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, kvs[i], memory_mask, None if caches is None else caches[i])
+        return self.final_norm(x)
+
+
+class Seq2SeqModel(nn.Module):
+    """Encoder-decoder Transformer: source ids and shifted target ids in, (B, T, V) next-token logits out."""
+
+    def __init__(self, src_vocab: int, tgt_vocab: int, cfg: ModelConfig, pad_id: int = 0) -> None:
+        super().__init__()
+        self.encoder = Encoder(src_vocab, cfg, pad_id)
+        self.decoder = Decoder(tgt_vocab, cfg, pad_id)
+        self.apply_decoder_init(cfg, pad_id)
+        self.proj = nn.Linear(cfg.d_model, tgt_vocab, bias=False)
+        if cfg.tie_embeddings:
+            self.proj.weight = self.decoder.embed.tokens.weight
+        else:
+            nn.init.normal_(self.proj.weight, std=0.02)
+        self.scale_out = cfg.d_model**-0.5 if cfg.tie_embeddings else 1.0  # tied weights have unit scale
+
+    def apply_decoder_init(self, cfg: ModelConfig, pad_id: int) -> None:
+        """The encoder's initialisation, applied to the decoder."""
+        self.decoder.apply(init_weights)
+        nn.init.normal_(self.decoder.embed.tokens.weight, std=cfg.d_model**-0.5)
+        with torch.no_grad():
+            self.decoder.embed.tokens.weight[pad_id].zero_()
+
+    def forward(self, src_ids: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """(B, S) source, (B, S) mask, (B, T) target input (BOS + target[:-1]) -> (B, T, V) logits."""
+        memory = self.encoder(src_ids, src_mask)
+        hidden = self.decoder(tgt_in, self.decoder.memory(memory), src_mask)
+        return self.logits(hidden)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """(B, T, D) decoder states -> (B, T, V) logits."""
+        return self.proj(hidden) * self.scale_out
 
 
 def init_weights(module: nn.Module) -> None:

@@ -64,13 +64,17 @@ class NoamConfig:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Split parameters: decay matrices, but not biases, norm weights or embeddings."""
-    decay, no_decay = [], []
-    for module_name, module in model.named_modules():
+    skip: dict[int, bool] = {}  # id -> exempt from decay; a tied weight is exempt if any owner is
+    params: dict[int, nn.Parameter] = {}
+    for _, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
-            skip = name == "bias" or isinstance(module, (nn.LayerNorm, nn.Embedding))
-            (no_decay if skip else decay).append(p)
+            exempt = name == "bias" or isinstance(module, (nn.LayerNorm, nn.Embedding))
+            skip[id(p)] = skip.get(id(p), False) or exempt
+            params[id(p)] = p
+    decay = [p for i, p in params.items() if not skip[i]]
+    no_decay = [p for i, p in params.items() if skip[i]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

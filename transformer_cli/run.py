@@ -127,6 +127,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 def final_evaluation(model: torch.nn.Module, prep: Prepared, loss_fn: Any, precision: Precision, trainer: Any,
                      writer: JsonlWriter, state: FitState) -> dict[str, dict[str, Any]]:
     """Evaluate the best weights on validation and test; write one 'final' record per split."""
+    _final_decoding(prep.task)
     out = {}
     for split in ("validation", "test"):
         if split not in prep.splits:
@@ -158,7 +159,10 @@ def prepare_training_data(cfg: DictConfig, saved: Checkpoint | None = None) -> P
 
 
 def build_model(cfg: DictConfig, vocab_size: int, task: Task) -> SequenceModel:
-    """The encoder and the task's head, from the model config."""
+    """The encoder and the task's head, from the model config (or the task's own model: seq2seq)."""
+    build = getattr(task, "build_model", None)
+    if build:
+        return build(cfg.model, vocab_size)
     return SequenceModel(Encoder(vocab_size, cfg.model), task.head(cfg.model.d_model))
 
 
@@ -232,6 +236,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     ckpt = load_checkpoint(cfg.ckpt)
     train_cfg = load_train_config(ckpt.config, source=str(ckpt.path / "config.yaml"))
     task = rebuild_task(train_cfg, ckpt)
+    _final_decoding(task)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     raw = eval_split(cfg, train_cfg)
@@ -272,6 +277,13 @@ def eval_split(cfg: DictConfig, train_cfg: DictConfig) -> RawSplit:
         raise TformerError(f"split '{cfg.split}' does not exist for this checkpoint's data",
                            hint=f"choose one of: {', '.join(splits)}, or pass file=<path>")
     return splits[cfg.split]
+
+
+def _final_decoding(task: Task) -> None:
+    """Tasks that decode (seq2seq) decode every example with the full beam from here on."""
+    final = getattr(task, "use_final_decoding", None)
+    if final:
+        final()
 
 
 def seed_everything(seed: int, deterministic: bool, threads: int) -> None:

@@ -39,7 +39,7 @@ class EncodedSplit:
     """A tokenized split: one id array per example and the encoded targets."""
 
     ids: list[np.ndarray]
-    targets: Tensor
+    targets: Tensor | list[np.ndarray]  # (N, ...) values, or one id array per example (seq2seq targets)
 
     def __post_init__(self) -> None:
         self.lengths = np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
@@ -56,7 +56,13 @@ class EncodedSplit:
         """Yield padded batches in the order batch_order gives, after the first `skip` (a resumed epoch)."""
         order = batch_order(self.lengths, batch_size, shuffle=shuffle, bucket=bucket, seed=seed, epoch=epoch)
         for idx in order[skip:]:
-            yield collate([self.ids[i] for i in idx], self.targets[torch.from_numpy(idx)], idx, pin)
+            yield collate([self.ids[i] for i in idx], self.targets_of(idx), idx, pin)
+
+    def targets_of(self, idx: np.ndarray) -> Tensor:
+        """The targets of some examples: rows of the tensor, or id arrays padded to (B, L)."""
+        if isinstance(self.targets, Tensor):
+            return self.targets[torch.from_numpy(idx)]
+        return pad_ids([self.targets[i] for i in idx])
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, *, shuffle: bool, bucket: bool, seed: int,
@@ -82,13 +88,18 @@ def batch_order(lengths: np.ndarray, batch_size: int, *, shuffle: bool, bucket: 
 
 def collate(ids: list[np.ndarray], targets: Tensor, index: np.ndarray, pin: bool = False) -> Batch:
     """Pad id arrays to the longest in the batch: input_ids (B, T) int64, mask (B, T) bool."""
-    T = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), T), PAD_ID, dtype=torch.int64)
-    for row, x in enumerate(ids):
-        input_ids[row, : len(x)] = torch.from_numpy(x)
+    input_ids = pad_ids(ids)
     lengths = torch.tensor([len(x) for x in ids])
-    mask = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
+    mask = torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]  # (B, T)
     batch = Batch(input_ids, mask, targets, torch.from_numpy(np.asarray(index, dtype=np.int64)))
     if pin:
         batch = Batch(*(t.pin_memory() for t in (batch.input_ids, batch.mask, batch.targets, batch.index)))
     return batch
+
+
+def pad_ids(arrays: list[np.ndarray]) -> Tensor:
+    """Id arrays -> (B, T) int64, right-padded with PAD_ID to the longest."""
+    out = torch.full((len(arrays), max(len(x) for x in arrays)), PAD_ID, dtype=torch.int64)
+    for row, x in enumerate(arrays):
+        out[row, : len(x)] = torch.from_numpy(np.asarray(x, dtype=np.int64))
+    return out

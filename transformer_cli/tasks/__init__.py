@@ -8,6 +8,7 @@ from typing import Any, Callable
 from transformer_cli.tasks.classify import ClassifyConfig, ClassifyTask
 from transformer_cli.tasks.multilabel import MultiLabelConfig, MultiLabelTask
 from transformer_cli.tasks.regress import RegressConfig, RegressTask
+from transformer_cli.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask
 
 
 @dataclass(frozen=True)
@@ -38,5 +39,10 @@ TASKS: dict[str, TaskSpec] = {
         MultiLabelConfig, MultiLabelTask, ("multilabel",), "bce",
         ("loss", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"), "micro_f1",
         "any number of labels per text (per-label binary decisions)",
+    ),
+    "seq2seq": TaskSpec(
+        Seq2SeqConfig, Seq2SeqTask, ("index",), "ce",
+        ("loss", "token_accuracy", "perplexity", "bleu", "chrf", "exact_match", "wer", "per"), "bleu",
+        "text to text with an encoder-decoder (translation, grapheme-to-phoneme), beam search",
     ),
 }

@@ -88,6 +88,20 @@ class ClassifyTask:
             return (outputs > 0).long()
         return outputs.argmax(-1)
 
+    def describe(self, outputs: Tensor, top_k: int) -> list[dict[str, Any]]:
+        """One prediction record per example: the label, every label's probability, the k most probable."""
+        probs = self.probabilities(outputs).cpu()  # (B, C)
+        chosen = self.predict(outputs).cpu().tolist()
+        ranked = probs.argsort(dim=-1, descending=True, stable=True)[:, :top_k].tolist()  # (B, k)
+        records = []
+        for row, label, best in zip(probs.tolist(), chosen, ranked):
+            record = {"label": self.labels[label], "probability": row[label],
+                      "probabilities": dict(zip(self.labels, row))}
+            if top_k:
+                record["top_k"] = [{"label": self.labels[c], "probability": row[c]} for c in best]
+            records.append(record)
+        return records
+
     def new_metrics(self) -> ClassificationMetrics:
         """Fresh streaming metrics."""
         return ClassificationMetrics(len(self.labels), self.labels)

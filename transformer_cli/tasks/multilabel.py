@@ -93,6 +93,21 @@ class MultiLabelTask:
         """(B, L) 0/1 decisions."""
         return (self.probabilities(outputs) > self.cfg.threshold).long()
 
+    def describe(self, outputs: Tensor, top_k: int) -> list[dict[str, Any]]:
+        """One prediction record per example: the labels past the threshold, every label's probability,
+        and the k most probable."""
+        probs = self.probabilities(outputs).cpu()  # (B, L)
+        chosen = self.predict(outputs).cpu().tolist()
+        ranked = probs.argsort(dim=-1, descending=True, stable=True)[:, :top_k].tolist()  # (B, k)
+        records = []
+        for row, flags, best in zip(probs.tolist(), chosen, ranked):
+            record: dict[str, Any] = {"labels": [name for name, on in zip(self.labels, flags) if on],
+                                      "probabilities": dict(zip(self.labels, row))}
+            if top_k:
+                record["top_k"] = [{"label": self.labels[c], "probability": row[c]} for c in best]
+            records.append(record)
+        return records
+
     def new_metrics(self) -> MultiLabelMetrics:
         """Fresh streaming metrics."""
         return MultiLabelMetrics(len(self.labels), self.labels)

@@ -77,6 +77,10 @@ class RegressTask:
         """(B,) predictions on the original target scale."""
         return outputs.double() * self.std + self.mean
 
+    def describe(self, outputs: Tensor, top_k: int) -> list[dict[str, Any]]:
+        """One prediction record per example: the value on the original target scale (top_k does not apply)."""
+        return [{"value": value} for value in self.predict(outputs).cpu().tolist()]
+
     def new_metrics(self) -> RegressionMetrics:
         """Fresh streaming metrics."""
         return RegressionMetrics()
