@@ -242,9 +242,12 @@ class Seq2SeqModel(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """Small normal init for linear and embedding weights (BERT's 0.02), zero biases."""
+    """Xavier-uniform linear weights (as torch.nn.Transformer), zero biases; small normal embeddings.
+
+    BERT's fixed std 0.02 suits d=768; at the small widths trained here it leaves attention nearly
+    uniform for hundreds of steps (measured: G2P token accuracy 0.29 vs 0.53 after 282 steps)."""
     if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=0.02)
+        nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
