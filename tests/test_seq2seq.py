@@ -163,7 +163,7 @@ def test_evaluation_reports_every_listed_metric() -> None:
 
 G2P = ["experiment=g2p", "data.max_train_examples=3000", "data.max_eval_examples=200", "model.d_model=96",
        "model.d_ff=256", "trainer.batch_size=64", "trainer.max_epochs=8", "schedule.warmup_steps=100",
-       "optim.lr=2e-3", "trainer.progress=false", "task.beam_size=2", "task.eval_decode_limit=100"]
+       "optim.lr=2e-3", "trainer.progress=false", "task.beam_size=2", "task.eval_decode_every=2"]
 
 
 @pytest.mark.slow

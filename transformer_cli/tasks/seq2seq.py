@@ -37,7 +37,8 @@ class Seq2SeqConfig:
     target_max_length: int = 128  # target tokens kept, BOS and EOS included
     beam_size: int = 4  # decoding of the final evaluation, `tformer eval` and `tformer predict`
     eval_beam_size: int = 1  # decoding during training-time evaluations (1 = greedy, cheap)
-    eval_decode_limit: int = 500  # examples decoded per training-time evaluation; the final one decodes all
+    eval_decode_every: int = 1  # training-time evaluations decode every k-th example (by dataset index, so
+    #                             the sample spans all lengths); the final evaluation decodes all
     length_penalty: float = 1.0  # beam scores are divided by length**length_penalty
     max_len_a: float = 1.5  # a target may have at most a x source tokens + b tokens
     max_len_b: int = 10
@@ -56,7 +57,7 @@ class Seq2SeqTask:
         except Exception as err:
             raise TformerError(f"cannot read the target tokenizer of this task: {err}") from err
         self.bos, self.eos = self.tokenizer.token_to_id(BOS), self.tokenizer.token_to_id(EOS)
-        self.decode_limit: int | None = cfg.eval_decode_limit  # run.py lifts it for final evaluations
+        self.decode_every: int = max(1, cfg.eval_decode_every)  # run.py sets 1 for final evaluations
         self.beam: int = cfg.eval_beam_size
 
     @staticmethod
@@ -111,12 +112,11 @@ class Seq2SeqTask:
         metrics.update_tokens(*self.loss_inputs(outputs, targets), ignore_index=IGNORE)
 
     def observe(self, metrics: Seq2SeqMetrics, model: nn.Module, batch: Batch, outputs: Tensor) -> None:
-        """Token metrics, then decode the batch (within the decode budget) for the text metrics."""
+        """Token metrics, then decode the batch (every k-th example while training) for the text metrics."""
         self.update_metrics(metrics, outputs, batch.targets)
-        budget = len(batch.index) if self.decode_limit is None else self.decode_limit - len(metrics.hyps)
-        if budget <= 0:
+        keep = batch.index % self.decode_every == 0  # (B,) a sample spread over lengths, not the shortest
+        if not bool(keep.any()):
             return
-        keep = slice(0, min(budget, len(batch.index)))
         hyps = self.generate(model, batch.input_ids[keep], batch.mask[keep], self.beam)
         refs = [self.decode(row) for row in batch.targets[keep].tolist()]
         metrics.update_text([self.decode(h.tokens) for h in hyps], refs)
@@ -148,7 +148,7 @@ class Seq2SeqTask:
 
     def use_final_decoding(self) -> None:
         """Decode every example with the full beam (final evaluation, eval, predict)."""
-        self.decode_limit = None
+        self.decode_every = 1
         self.beam = self.cfg.beam_size
 
     def state(self) -> dict[str, Any]:
