@@ -324,6 +324,7 @@ def test_deterministic_runs_are_identical(tmp_path: Path) -> None:
     (["train", "trainer.max_stepz=3"], ["max_stepz", "did you mean trainer.max_steps"]),
     (["train", "loss=focl"], ["loss/focl", "did you mean 'focal'"]),
     (["train", "+loss._target_=os.system"], ["_target_", "never imports"]),
+    (["train", "+hydra.callbacks.x._target_=os.system"], ["_target_", "never imports"]),
     (["train", "data=local", "data.train=bad.csv"], ["bad.csv", "line 3", "not UTF-8"]),
     (["train", "data=local", "data.train=bad.jsonl"], ["bad.jsonl", "line 2", "invalid JSON"]),
     (["train", "data=local", "data.train=ok.csv", "data.test=oov.csv"], ["'neutral'", "row 2", "oov.csv"]),

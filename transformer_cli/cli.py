@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         report_error(TformerError(f"unknown command '{command}'{hint}", hint=f"commands: {', '.join(known)}"))
         raise SystemExit(EXIT_USER_ERROR)
+    refuse_code_paths(rest)
     register_schemas()
     if not set(SHELL_COMPLETION_FLAGS) & set(rest):  # in `tformer train -sc install=bash`, no overrides
         precheck_overrides(command, rest)
@@ -238,6 +239,15 @@ def main(argv: list[str] | None = None) -> None:
     if command == "train":
         rest = sweep.with_default_sweep_dir(rest)
     run_app(command, rest)
+
+
+def refuse_code_paths(args: list[str]) -> None:
+    """No override, not even of Hydra's own node (callbacks, launchers), may name code to import or call."""
+    for arg in args:
+        if any(marker in arg for marker in ("_target_", "_partial_", "_args_")):
+            report_error(TformerError(f"'{arg}': tformer never imports or calls code named on the command line",
+                                      hint="choose components by name (e.g. loss=focal, launcher=joblib)"))
+            raise SystemExit(EXIT_USER_ERROR)
 
 
 def run_app(command: str, rest: list[str]) -> None:
