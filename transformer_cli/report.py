@@ -26,9 +26,12 @@ from transformer_cli.errors import TformerError
 
 
 def print_results(title: str, results: dict[str, dict[str, Any]], console: Console | None = None) -> None:
-    """One row per split, one column per metric."""
+    """One row per split, one column per metric (transposed when there are too many metrics to fit)."""
     console = console or Console()
     names = [k for k in next(iter(results.values()), {}) if k != "count"]
+    if len(names) > 6:
+        _print_transposed(title, results, names, console)
+        return
     table = Table(title=title, title_justify="left")
     table.add_column("split", style="bold")
     for name in names:
@@ -37,6 +40,17 @@ def print_results(title: str, results: dict[str, dict[str, Any]], console: Conso
     for split, scalars in results.items():
         cells = [_cell(scalars.get(n)) for n in names]
         table.add_row(split, *cells, str(scalars.get("count", "")))
+    console.print(table)
+
+
+def _print_transposed(title: str, results: dict[str, dict[str, Any]], names: list[str], console: Console) -> None:
+    """One row per metric, one column per split."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric", style="bold")
+    for split in results:
+        table.add_column(split, justify="right")
+    for name in [*names, "count"]:
+        table.add_row(name, *(_cell(scalars.get(name)) for scalars in results.values()))
     console.print(table)
 
 
