@@ -90,7 +90,7 @@ def test_cp_output_composes_and_overrides_the_shipped_option(tmp_path: Path, use
     """A copied, edited experiment composes by its new name; a same-named copy replaces the shipped option."""
     root = tmp_path / "myconf"
     mine = copy_option(find("experiment/quick"), root / "experiment" / "mine.yaml")
-    mine.write_text(mine.read_text().replace("max_epochs: 2", "max_epochs: 7"))
+    mine.write_text(mine.read_text().replace("max_epochs: 5", "max_epochs: 7"))
     small = copy_option(find("model/small"), root)
     small.write_text(small.read_text().replace("d_model: 128", "d_model: 96"))
     (root / "data").mkdir()
@@ -98,7 +98,7 @@ def test_cp_output_composes_and_overrides_the_shipped_option(tmp_path: Path, use
                                                 "text_column: body\nlabel_column: stars\n")
     user_dirs(root)
     cfg = compose_train(["experiment=mine"])
-    assert cfg.trainer.max_epochs == 7 and cfg.model.d_model == 64  # the preset still picks model=tiny
+    assert cfg.trainer.max_epochs == 7 and cfg.model.d_model == 96  # the preset picks model=small: the user's
     assert compose_train([]).model.d_model == 96  # model=small is now the user's
     cfg = compose_train(["data=reviews"])
     assert (cfg.data.train, cfg.data.text_column) == ("reviews.csv", "body")
