@@ -142,7 +142,7 @@ def test_newcomer_flow_from_the_wheel(wheel: Path, tmp_path: Path) -> None:
                             drop_first_line=True))
     tformer("cp", "experiment/quick", "myconf/experiment/mine.yaml")
     preset = home / "myconf" / "experiment" / "mine.yaml"
-    preset.write_text(_edit(preset.read_text(), {"  - override /model: tiny\n": "  - override /model: tiny\n"
+    preset.write_text(_edit(preset.read_text(), {"  - override /model: small\n": "  - override /model: tiny\n"
                                                  "  - override /data: reviews\n  - override /trainer: debug\n"}))
     listing = tformer("ls", "--config-dir", "myconf", "data", "experiment").stdout
     assert "My reviews" in listing and "mine" in listing and "[yours]" in listing
