@@ -108,7 +108,7 @@ def test_crash_inside_an_accumulation_window_resumes_exactly(tmp_path: Path, ref
     assert_same_weights(final_weights(tmp_path), final_weights(reference))
 
 
-def wait_for(path: Path, timeout: float = 120) -> None:
+def wait_for(path: Path, timeout: float = 600) -> None:
     """Block until `path` exists."""
     end = time.time() + timeout
     while not path.exists():
@@ -151,7 +151,7 @@ def test_sigterm_saves_exits_75_and_resumes(tmp_path: Path, reference: Path) -> 
     proc = start_cli(["train", *SMALL, f"hydra.run.dir={run_dir}"], tmp_path)
     wait_for(run_dir / "checkpoints" / "step-0000002")
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 75, err[-2000:]
     assert "SIGTERM" in err and "resume" in err
     stopped = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
