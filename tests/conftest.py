@@ -39,6 +39,16 @@ def offline_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     os.environ.update(saved)
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads() -> Iterator[None]:
+    """An in-process run with trainer.threads=N must not change the thread count of later tests."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def compose_train(overrides: list[str]) -> DictConfig:
     """The real `tformer train` config with overrides, as Hydra composes it for the CLI."""
     register_schemas()

@@ -26,7 +26,8 @@ from transformer_cli.run import train
 # 200 examples, batch 16, 2 micro-batches per step: 13 batches -> 7 steps per epoch, 14 steps in all.
 SMALL = ["model=tiny", "data.max_train_examples=200", "data.max_eval_examples=64", "data.tokenizer.vocab_size=400",
          "trainer.max_epochs=2", "trainer.batch_size=16", "trainer.grad_accum=2", "trainer.progress=false",
-         "trainer.log_every=2", "trainer.save_every=1", "trainer.keep_last=3"]
+         "trainer.log_every=2", "trainer.save_every=1", "trainer.keep_last=3",
+         "trainer.threads=1"]  # the same thread count in-process and in subprocesses: same float reductions
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
