@@ -148,3 +148,51 @@ def test_split_batches_rows_follow_index() -> None:
         assert batch.input_ids.shape[1] == int(lengths[batch.index.numpy()].max())
         seen += batch.index.tolist()
     assert sorted(seen) == list(range(300))
+
+
+# ---------------------------------------------------------------- token budget (trainer.max_tokens)
+
+
+@pytest.mark.parametrize("n", [1, 31, 1003, 5000])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_token_budget_batches_fit_the_budget_and_cover_each_index_once(n: int, shuffle: bool) -> None:
+    """Each batch pads to at most max_tokens (and holds at most batch_size examples); every example once;
+    the same number of batches in every epoch, as num_batches says."""
+    lengths = lognormal_lengths(n)
+    counts = set()
+    for epoch in range(3):
+        batches = batch_order(lengths, 64, shuffle=shuffle, bucket=True, seed=7, epoch=epoch, max_tokens=600)
+        assert_each_once(batches, n)
+        assert all(len(b) * lengths[b].max() <= 600 and len(b) <= 64 for b in batches)
+        counts.add(len(batches))
+    assert counts == {split_of(lengths).num_batches(64, max_tokens=600)}
+
+
+def test_token_budget_batches_are_full_and_barely_padded() -> None:
+    """Cut points are greedy over sorted lengths: adding the next example would break the budget; padding < 2 %."""
+    lengths = lognormal_lengths(5000)
+    batches = batch_order(lengths, 10_000, shuffle=True, bucket=True, seed=0, epoch=0, max_tokens=1000)
+    ordered = sorted(batches, key=lambda b: (lengths[b].max(), lengths[b].min(), -len(b)))  # the sorted sequence
+    for batch, following in zip(ordered, ordered[1:]):
+        assert (len(batch) + 1) * lengths[following].min() > 1000
+    assert padding_fraction(lengths, batches) < 0.02
+
+
+def test_token_budget_order_is_seeded_and_mixes_equal_lengths() -> None:
+    """Same (seed, epoch): same batches. Another epoch: other batch order and other partners of equal length."""
+    lengths = lognormal_lengths(3000)
+
+    def order(seed: int, epoch: int) -> list[np.ndarray]:
+        return batch_order(lengths, 128, shuffle=True, bucket=True, seed=seed, epoch=epoch, max_tokens=512)
+
+    for a, b in zip(order(1, 0), order(1, 0)):
+        np.testing.assert_array_equal(a, b)
+    as_sets = lambda batches: {frozenset(b.tolist()) for b in batches}  # noqa: E731
+    assert as_sets(order(1, 0)) != as_sets(order(1, 1))
+
+
+def test_an_example_longer_than_the_budget_gets_a_batch_of_its_own() -> None:
+    """A single example over max_tokens cannot be split: it is trained on alone."""
+    lengths = np.array([5, 5, 50, 5])
+    batches = batch_order(lengths, 8, shuffle=False, bucket=True, seed=0, epoch=0, max_tokens=20)
+    assert [sorted(b.tolist()) for b in batches] == [[0, 1, 3], [2]]

@@ -79,7 +79,7 @@ def test_windows_and_total_steps() -> None:
     _, _, split = tiny_setup()
 
     class Cfg:
-        batch_size, grad_accum, max_epochs, max_steps = 3, 2, 4, -1
+        batch_size, grad_accum, max_epochs, max_steps, max_tokens = 3, 2, 4, -1, 0
 
     assert total_steps(split, Cfg) == 2 * 4  # ceil(8/3)=3 batches -> 2 steps per epoch
     Cfg.max_steps = 5

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from transformer_cli.config import ModelConfig
 from transformer_cli.heads import SequenceHead
 from transformer_cli.model import (
+    Dropout,
     Encoder,
     EncoderLayer,
     SelfAttention,
@@ -230,3 +231,20 @@ def test_gradient_reaches_every_parameter(positional: str, norm: str, pooling: s
         assert p.grad is not None, f"{name} got no gradient"
         assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
     assert torch.count_nonzero(model.encoder.embed.tokens.weight.grad[0]) == 0  # the padding row stays put
+
+
+# ---------------------------------------------------------------- dropout
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keeps_1_minus_p_scaled_and_routes_gradients_through_the_mask(p: float) -> None:
+    """The CPU dropout zeroes a p share, scales the rest by 1 / (1 - p), and backpropagates through the same mask."""
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    y = Dropout(p).train()(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())
+    assert torch.equal(Dropout(p).eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)

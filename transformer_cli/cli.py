@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import difflib
 import os
+import shutil
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +27,7 @@ USAGE = """usage: tformer <command> [hydra overrides] [hydra flags]
 
 commands:
   train   train a model:            tformer train task=classify loss=ce model=small
+          on N processes (torchrun, DistributedDataParallel): tformer train --nproc N [overrides]
   eval    evaluate a checkpoint:    tformer eval ckpt=outputs/train/<date>/<time>
   predict predict new texts:        tformer predict ckpt=outputs/train/<date>/<time> input=texts.txt
   plan    check a config, count parameters, FLOPs, memory and steps, preview the schedule:
@@ -232,6 +236,12 @@ def main(argv: list[str] | None = None) -> None:
         report_error(TformerError(f"unknown command '{command}'{hint}", hint=f"commands: {', '.join(known)}"))
         raise SystemExit(EXIT_USER_ERROR)
     refuse_code_paths(rest)
+    if command == "train":
+        rest = launch_distributed(rest)
+    elif _torchrun_world() > 1:
+        report_error(TformerError(f"tformer {command} runs in one process; only train runs under torchrun",
+                                  hint=f"run `tformer {command} ...` without torchrun"))
+        raise SystemExit(EXIT_USER_ERROR)
     register_schemas()
     if not set(SHELL_COMPLETION_FLAGS) & set(rest):  # in `tformer train -sc install=bash`, no overrides
         precheck_overrides(command, rest)
@@ -239,6 +249,67 @@ def main(argv: list[str] | None = None) -> None:
     if command == "train":
         rest = sweep.with_default_sweep_dir(rest)
     run_app(command, rest)
+
+
+NPROC_FLAGS = ("--nproc", "--nproc-per-node", "--nproc_per_node")
+
+
+def launch_distributed(args: list[str]) -> list[str]:
+    """`--nproc N`: hand the line to torchrun on this node (no return). Under torchrun: this rank's overrides.
+
+    Rank 0 writes the one run directory; the other ranks get a throwaway Hydra directory and learn rank 0's
+    from it (transformer_cli/distributed.py)."""
+    nproc, rest = _pop_nproc(args)
+    if nproc is not None:
+        if nproc < 1:
+            report_error(TformerError(f"--nproc {nproc}: need at least one process"))
+            raise SystemExit(EXIT_USER_ERROR)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "transformer_cli", "train", *rest]
+        os.execv(sys.executable, cmd)
+    if not _torchrun_world() > 1:
+        return rest
+    if any(a in ("-m", "--multirun") for a in rest):
+        report_error(TformerError("a sweep (-m) cannot run under torchrun: each training is one torchrun job",
+                                  hint="sweep without torchrun (launcher=slurm or ray puts jobs on other machines), "
+                                  "or run one training per torchrun"))
+        raise SystemExit(EXIT_USER_ERROR)
+    if _torchrun_rank() == 0:
+        return rest
+    scratch = tempfile.mkdtemp(prefix=f"tformer-rank{_torchrun_rank()}-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return [*rest, f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+
+
+def _torchrun_world() -> int:
+    """WORLD_SIZE from torchrun's environment (1 without it); read here without importing torch."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _torchrun_rank() -> int:
+    """RANK from torchrun's environment (0 without it)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _pop_nproc(args: list[str]) -> tuple[int | None, list[str]]:
+    """The value of `--nproc N` / `--nproc=N` (None without it) and the other arguments."""
+    rest, nproc, i = [], None, 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if flag in NPROC_FLAGS:
+            if not eq:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            try:
+                nproc = int(value)
+            except ValueError:
+                report_error(TformerError(f"{flag} needs a number of processes, got '{value}'",
+                                          hint="e.g. tformer train --nproc 2"))
+                raise SystemExit(EXIT_USER_ERROR) from None
+        else:
+            rest.append(args[i])
+        i += 1
+    return nproc, rest
 
 
 def refuse_code_paths(args: list[str]) -> None:

@@ -78,7 +78,8 @@ class TrainerConfig:
     precision: str = "auto"  # auto (bf16 on CUDA that has it, else fp32) | fp32 | bf16 | fp16
     max_epochs: int = 3
     max_steps: int = -1  # optimizer steps; -1 = bounded by max_epochs only
-    batch_size: int = 32  # examples per micro-batch
+    batch_size: int = 32  # examples per micro-batch (over all processes); with max_tokens: the most examples
+    max_tokens: int = 0  # > 0: micro-batches sized by padded tokens (over all processes), lengths sorted; 0 = off
     eval_batch_size: int = 128
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # max global grad norm; 0 = off
@@ -89,6 +90,7 @@ class TrainerConfig:
     bucket_by_length: bool = True  # group similar lengths into batches (less padding), reshuffled each epoch
     threads: int = 0  # torch CPU threads; 0 = torch's default
     deterministic: bool = False  # torch deterministic algorithms
+    compile: bool = False  # torch.compile the training forward/backward (measure first: slower on small CPU runs)
     progress: bool = True  # tqdm progress bar
     save_every: int = 0  # optimizer steps between resumable checkpoints, besides each evaluation; 0 = evals only
     keep_last: int = 2  # step checkpoints kept (the best and the newest are never deleted)
@@ -241,6 +243,8 @@ def check_train_config(cfg: DictConfig) -> None:
     for key in ("batch_size", "eval_batch_size", "grad_accum", "log_every"):
         if cfg.trainer[key] <= 0:
             raise TformerError(f"trainer.{key} must be positive, got {cfg.trainer[key]}")
+    if cfg.trainer.max_tokens < 0:
+        raise TformerError(f"trainer.max_tokens must be 0 (off) or positive, got {cfg.trainer.max_tokens}")
 
 
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from transformer_cli.data.batching import Batch, EncodedSplit
+from transformer_cli.distributed import SINGLE, Dist, rank_seed
 from transformer_cli.errors import Preempted, TformerError
 from transformer_cli.losses.base import Loss, LossValue
 from transformer_cli.metrics import METRIC_MODES, JsonlWriter
@@ -108,30 +109,47 @@ def compute_loss(model: nn.Module, batch: Batch, task: Task, loss_fn: Loss, prec
 
 @dataclass
 class StepResult:
-    """What one optimizer step did: the window's summed loss and weight, and whether it was applied."""
+    """What one optimizer step did: the window's summed loss and weight (over all ranks), and whether it was
+    applied; tokens and examples it trained on, and whether any rank was asked to stop."""
 
     total: Tensor
     weight: Tensor
     applied: bool = True
+    tokens: int = 0
+    examples: int = 0
+    stop: bool = False
 
 
 def train_step(model: nn.Module, micro: list[Batch], task: Task, loss_fn: Loss, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, precision: Precision, grad_clip: float,
-               check_finite: bool = False) -> StepResult:
+               check_finite: bool = False, dist: Dist = SINGLE, stop: bool = False) -> StepResult:
     """One optimizer update over `micro` batches, equal to one update on their union.
 
     Each micro-batch backpropagates its summed loss; the gradients are divided by the window's total
     weight afterwards, so padding, batch sizes and accumulation never change the normalisation.
+    With several processes, `micro` is this rank's share: DDP averages the gradients over ranks and the
+    loss sums, weights, counts and `stop` flags are summed over ranks, so the update equals one process's.
     With check_finite, a non-finite loss or gradient norm skips the update (one host sync per step)."""
     totals, weights = [], []
-    for batch in micro:
-        value, _ = compute_loss(model, batch.to(precision.device), task, loss_fn, precision)
-        scaler.scale(value.total).backward()
-        totals.append(value.total.detach())
-        weights.append(value.weight.detach())
+    for i, batch in enumerate(micro):
+        with dist.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext():  # reduce once per window
+            value, _ = compute_loss(model, batch.to(precision.device), task, loss_fn, precision)
+            total_b, weight_b = (value.total * 0, value.weight * 0) if batch.placeholder else (value.total, value.weight)
+            scaler.scale(total_b).backward()
+        totals.append(total_b.detach())
+        weights.append(weight_b.detach())
     total, weight = torch.stack(totals).sum(), torch.stack(weights).sum()
+    tokens, examples = sum(b.real_tokens for b in micro), sum(b.examples for b in micro)
+    divisor = weight
+    if dist.enabled:  # one small reduction per step (a host sync on CUDA)
+        stats = torch.tensor([0.0, 0.0, tokens, examples, float(stop)], dtype=torch.float64, device=total.device)
+        stats[0], stats[1] = total.double(), weight.double()
+        dist.sum(stats)
+        total, weight = stats[0].to(total.dtype), stats[1].to(weight.dtype)
+        tokens, examples, stop = int(stats[2]), int(stats[3]), bool(stats[4] > 0)
+        divisor = weight / dist.world  # DDP averaged the gradients: (sum over ranks) / world
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    torch._foreach_div_(grads, weight.clamp_min(1e-12))
+    torch._foreach_div_(grads, divisor.clamp_min(1e-12))
     if grad_clip > 0 or check_finite:
         scaler.unscale_(optimizer)
     norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
@@ -142,11 +160,11 @@ def train_step(model: nn.Module, micro: list[Batch], task: Task, loss_fn: Loss, 
         if bad:
             optimizer.zero_grad(set_to_none=True)
             scaler.update()
-            return StepResult(total, weight, applied=False)
+            return StepResult(total, weight, False, tokens, examples, stop)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(total, weight)
+    return StepResult(total, weight, True, tokens, examples, stop)
 
 
 @contextlib.contextmanager
@@ -204,7 +222,7 @@ def windows(batches: Iterator[Batch], size: int) -> Iterator[list[Batch]]:
 
 def steps_per_epoch(train: EncodedSplit, cfg: Any) -> int:
     """Optimizer steps in one pass over the training split."""
-    return -(-train.num_batches(cfg.batch_size) // cfg.grad_accum)
+    return -(-train.num_batches(cfg.batch_size, cfg.max_tokens) // cfg.grad_accum)
 
 
 def total_steps(train: EncodedSplit, cfg: Any) -> int:
@@ -222,20 +240,26 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
 
 
 class Fitter:
-    """Runs the loop for one model; `on_checkpoint(state, metrics, improved)` saves (metrics None: not an eval)."""
+    """Runs the loop for one model; `on_checkpoint(state, metrics, improved)` saves (metrics None: not an eval).
+
+    With several processes (`dist`), every rank runs this loop in step: rank 0 evaluates and decides, the
+    others follow its decisions (transformer_cli/distributed.py)."""
 
     def __init__(self, model: nn.Module, task: Task, loss_fn: Loss, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, precision: Precision, cfg: Any, seed: int,
                  monitor: str, writer: Any,
-                 on_checkpoint: Callable[[FitState, dict[str, float] | None, bool], str]) -> None:
+                 on_checkpoint: Callable[[FitState, dict[str, float] | None, bool], str], dist: Dist = SINGLE) -> None:
         self.model, self.task, self.loss_fn = model, task, loss_fn
         self.optimizer, self.scheduler, self.precision = optimizer, scheduler, precision
         self.cfg, self.seed, self.monitor, self.mode = cfg, seed, monitor, METRIC_MODES[monitor]
         self.writer, self.on_checkpoint = writer, on_checkpoint
+        self.dist = dist
+        self.train_model = model  # DistributedDataParallel around `model` while fitting with several processes
         self.state = FitState()
         self.scaler = precision.scaler()
         self.meter = _Meter()
         self.stop_signal: int | None = None
+        self.stop_agreed = False  # with several processes: some rank got a stop signal (known after a step)
 
     def fit(self, train: EncodedSplit, val: EncodedSplit) -> FitState:
         """Train until max_steps, max_epochs or early stopping; evaluate on `val` along the way.
@@ -244,8 +268,11 @@ class Fitter:
         state = self.state
         limit = total_steps(train, self.cfg)
         self.model.train()
+        self.train_model = self.dist.wrap(self.model, self.precision.device)
+        if self.cfg.compile:  # dynamic shapes: batches differ in length; evaluation stays eager
+            self.train_model = torch.compile(self.train_model, dynamic=True)
         # Redraw often on a terminal, rarely in a log file.
-        self.bar = tqdm(total=limit, initial=state.step, desc="train", disable=not self.cfg.progress,
+        self.bar = tqdm(total=limit, initial=state.step, desc="train", disable=not (self.cfg.progress and self.dist.is_main),
                         dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
         with self._catch_signals():
             while state.step < limit and not state.stop_reason and not self._epochs_done():
@@ -270,7 +297,8 @@ class Fitter:
         per_epoch = steps_per_epoch(train, cfg)
         batches = train.batches(cfg.batch_size, shuffle=True, bucket=cfg.bucket_by_length, seed=self.seed,
                                 epoch=state.epoch, pin=self.precision.device.type == "cuda",
-                                skip=state.windows_done * cfg.grad_accum)
+                                skip=state.windows_done * cfg.grad_accum, max_tokens=cfg.max_tokens,
+                                shard=self.dist.shard if self.dist.enabled else None)
         for micro in windows(batches, cfg.grad_accum):
             self._step(micro)
             state.windows_done += 1
@@ -278,7 +306,7 @@ class Fitter:
                 self._evaluate(val)
             if cfg.save_every > 0 and state.step % cfg.save_every == 0 and state.saved_at != state.step:
                 self._save(None, False)
-            if self.stop_signal is not None:
+            if self._stop_requested():
                 self._preempt()
             if state.step >= limit or state.stop_reason:
                 break
@@ -289,15 +317,17 @@ class Fitter:
         cfg, state = self.cfg, self.state
         guard = nonfinite_hooks(self.model) if cfg.detect_anomaly else contextlib.nullcontext()
         with guard:
-            result = train_step(self.model, micro, self.task, self.loss_fn, self.optimizer, self.scaler,
-                                self.precision, cfg.grad_clip, check_finite=cfg.nan_policy != "off")
+            result = train_step(self.train_model, micro, self.task, self.loss_fn, self.optimizer, self.scaler,
+                                self.precision, cfg.grad_clip, check_finite=cfg.nan_policy != "off", dist=self.dist,
+                                stop=self.stop_signal is not None)
+        self.stop_agreed = self.stop_agreed or result.stop
         if not result.applied:
             self._non_finite(micro)
             return
         state.consecutive_skips = 0
         self.scheduler.step()
         state.step += 1
-        self.meter.add(result.total, result.weight, sum(b.real_tokens for b in micro), sum(len(b.index) for b in micro))
+        self.meter.add(result.total, result.weight, result.tokens, result.examples)
         self.bar.update(1)
         if state.step % cfg.log_every == 0:
             self._log_train()
@@ -335,8 +365,11 @@ class Fitter:
             self._log_train()  # the training loss up to this point, so curves line up with evaluations
         state.evaluated_at = state.step
         start = time.perf_counter()
-        batches = val.batches(cfg.eval_batch_size, shuffle=False, bucket=True)
-        scalars, _ = evaluate(self.model, batches, self.task, self.loss_fn, self.precision)
+        scalars = None
+        if self.dist.is_main:  # the whole split on rank 0: the same metrics as one process; the others wait
+            batches = val.batches(cfg.eval_batch_size, shuffle=False, bucket=True)
+            scalars, _ = evaluate(self.model, batches, self.task, self.loss_fn, self.precision)
+        scalars = self.dist.broadcast(scalars)
         value = scalars[self.monitor]
         improved = is_better(value, state.best_value, self.mode)
         if improved:
@@ -360,10 +393,13 @@ class Fitter:
         self.state.saved_at = self.state.step
         return self.on_checkpoint(self.state, scalars, improved)
 
+    def _stop_requested(self) -> bool:
+        """Whether to save and stop here: this process got a signal (or, with several, any rank did)."""
+        return self.stop_agreed if self.dist.enabled else self.stop_signal is not None
+
     def _preempt(self) -> None:
         """Save at this step boundary and stop with Preempted."""
-        signum = self.stop_signal
-        assert signum is not None
+        signum = self.stop_signal or signal.SIGTERM  # with several processes another rank may have got it
         path = self._save(None, False) if self.state.saved_at != self.state.step else "(already saved)"
         self.writer.write({"event": "preempted", "split": "train", "step": self.state.step, "epoch": self.state.epoch,
                            "signal": signal.Signals(signum).name, "time": time.time()})
@@ -393,11 +429,13 @@ class Fitter:
     def capture(self) -> dict[str, Any]:
         """Everything besides the weights that an exact resume needs (tensors and plain values)."""
         s = self.state
+        rngs = self.dist.gather(rng_state())  # every rank's dropout stream (a collective: all ranks call capture)
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": _scheduler_state(self.scheduler),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
+            "rng": rngs[0],
+            **({"rng_other_ranks": rngs[1:]} if self.dist.enabled else {}),
             "fit": {k: getattr(s, k) for k in ("step", "epoch", "windows_done", "best_value", "best_step",
                                                "evals_without_improvement", "evaluated_at", "skipped_steps")},
             "meter": self.meter.state(),
@@ -415,7 +453,15 @@ class Fitter:
             setattr(self.state, key, value)
         self.state.saved_at = self.state.step
         self.meter.load(saved["meter"])
-        set_rng_state(saved["rng"])
+        self._restore_rng(saved)
+
+    def _restore_rng(self, saved: dict[str, Any]) -> None:
+        """This rank's saved random state; a rank the checkpoint did not have (more processes now) reseeds."""
+        ranks = [saved["rng"], *saved.get("rng_other_ranks", [])]
+        if self.dist.rank < len(ranks):
+            set_rng_state(ranks[self.dist.rank])
+        else:
+            torch.manual_seed(rank_seed(self.seed, self.dist.rank, self.state.step))
 
 
 def _scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:

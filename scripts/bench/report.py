@@ -1,0 +1,192 @@
+"""The benchmark's verdicts and its output: goals checked against the issue, rich tables, strict JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+from .runner import REFERENCE
+
+
+def _goal(name: str, target: str, measured: float | None, met: bool | None, detail: str) -> dict[str, Any]:
+    """One row of the goals table; measured None means the contenders it needs did not run."""
+    return {"goal": name, "target": target, "measured": measured, "met": met, "detail": detail}
+
+
+def _ratio_goal(name: str, ratio: dict[str, float] | None, target: float, at_most: bool,
+                detail: str) -> dict[str, Any]:
+    """A goal on the median of a paired ratio ours / theirs; None when a side did not run."""
+    sign = "<=" if at_most else ">="
+    if ratio is None:
+        return _goal(name, f"{sign} {target:.3g}", None, None, f"not measured ({detail})")
+    value = ratio["median"]
+    return _goal(name, f"{sign} {target:.3g}", value, value <= target if at_most else value >= target, detail)
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals, each with what was measured."""
+    ratios = results["ratios"]
+    rows = [
+        _ratio_goal("epoch time vs HF classification example defaults", ratios.get("hf_trainer_pad", {}).get("epoch_s"),
+                    1 / 3, True, "ours / Trainer padding every text to max_length"),
+        _ratio_goal("epoch time vs HF Trainer, best settings", ratios.get("hf_trainer_grouped", {}).get("epoch_s"),
+                    1 / 1.2, True, "ours / Trainer with dynamic padding + group_by_length"),
+        _ratio_goal("MFU (real tokens) vs HF plain loop, same padded shapes",
+                    ratios.get("hf_loop_same", {}).get("mfu_real"), 1.2, False, "both on our length-bucketed batches"),
+        _ratio_goal("MFU (real tokens) vs HF plain loop, both padded to max_length",
+                    results.get("padded_pair", {}).get("mfu_real"), 1.2, False,
+                    "ours padded to max_length / HF padded to max_length"),
+    ]
+    ours = results["contenders"].get(REFERENCE)
+    if ours is not None:
+        mfu = ours["mfu_real"]["median"]
+        rows.append(_goal("our MFU (real tokens) vs model-shape matmul peak", ">= 0.7", mfu, mfu >= 0.7,
+                          "real-token model FLOP/s / matmul peak at the model's linear shapes"))
+    for name, table in results.get("padding", {}).items():
+        waste = table["padding_fraction"]["bucketed (ours)"]
+        rows.append(_goal(f"padding waste on {name}", "<= 0.05", waste, waste <= 0.05,
+                          f"mean {table['mean_tokens']:.1f} tokens per example, batch {table['batch_size']}"))
+    sweep = results.get("sweep")
+    if sweep:
+        value = sweep["one_thread_over_fighting"]
+        rows.append(_goal("parallel sweep: N jobs x 1 thread / N jobs x N threads", "> 1", value, value > 1,
+                          f"aggregate real tokens/s on {sweep['cores']} cores"))
+    return rows
+
+
+def _span(s: dict[str, float], fmt: str) -> str:
+    """'median (min-max)' of a summary."""
+    return f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
+
+
+def _fmt(value: float | None, fmt: str) -> str:
+    """A number, or a dash when absent."""
+    return "-" if value is None else f"{value:{fmt}}"
+
+
+def print_tables(results: dict[str, Any], console: Console) -> None:
+    """The contenders, the goals, padding, peaks and the sweep row, as rich tables."""
+    console.print(_contenders_table(results))
+    console.print(_goals_table(results))
+    if "seq2seq" in results:
+        console.print(_seq2seq_table(results["seq2seq"]))
+        console.print(_decoding_table(results["seq2seq"]["decoding"]))
+    console.print(_padding_table(results))
+    console.print(_extras_table(results))
+
+
+def _contenders_table(results: dict[str, Any]) -> Table:
+    """One row per contender, with ratios ours / theirs."""
+    meta = results["meta"]
+    title = (f"Training throughput, {meta['model_summary']}, batch {meta['batch_size']}, fp32, "
+             f"{meta['torch_threads']} threads; median (min-max) of {meta['reps']} interleaved repetitions")
+    t = Table(title=title, title_justify="left")
+    for col in ("contender", "batches", "step ms", "real tok/s", "pad %", "epoch s (est.)", "MFU real",
+                "peak RSS MiB (training)", "epoch time ours/theirs", "tok/s ours/theirs"):
+        t.add_column(col, justify="left" if col in ("contender", "batches") else "right")
+    for name, c in results["contenders"].items():
+        r = results["ratios"].get(name, {})
+        mem = results.get("memory", {}).get(name, {})
+        t.add_row(c["who"], c["batching"], _span(c["step_ms"], ".0f"), _span(c["real_tokens_per_s"], ",.0f"),
+                  f"{100 * c['epoch']['padding_fraction']:.1f}", _span(c["epoch_s"], ".1f"),
+                  f"{100 * c['mfu_real']['median']:.1f}%",
+                  _fmt(mem.get("training_peak_rss_mib") or mem.get("peak_rss_mib"), ",.0f"),
+                  _span(r["epoch_s"], ".2f") if r else "-", _span(r["real_tokens_per_s"], ".2f") if r else "-")
+    return t
+
+
+def _seq2seq_table(s2s: dict[str, Any]) -> Table:
+    """Encoder-decoder training rows with ratios ours / theirs."""
+    t = Table(title=f"Seq2seq training ({s2s['experiment']} on {s2s['dataset']}), {s2s['model_summary']}, "
+                    f"batch {s2s['batch_size']}, fp32; source + target tokens", title_justify="left")
+    for col in ("contender", "batches", "step ms", "real tok/s", "pad %", "epoch s (est.)",
+                "epoch time ours/theirs", "tok/s ours/theirs"):
+        t.add_column(col, justify="left" if col in ("contender", "batches") else "right")
+    for name, c in s2s["contenders"].items():
+        r = s2s["ratios"].get(name, {})
+        t.add_row(c["who"], c["batching"], _span(c["step_ms"], ".0f"), _span(c["real_tokens_per_s"], ",.0f"),
+                  f"{100 * c['epoch']['padding_fraction']:.1f}", _span(c["epoch_s"], ".1f"),
+                  _span(r["epoch_s"], ".2f") if r else "-", _span(r["real_tokens_per_s"], ".2f") if r else "-")
+    return t
+
+
+def _decoding_table(dec: dict[str, Any]) -> Table:
+    """Decoding rows: time for the same sources, ours against generate()."""
+    t = Table(title=f"Seq2seq decoding: {dec['sources']} validation sources, batches of {dec['batch']}, "
+                    "every row run to the length limit", title_justify="left")
+    for col in ("decoder", "seconds", "sources/s", "positions/s", "time ours/theirs"):
+        t.add_column(col, justify="left" if col == "decoder" else "right")
+    for name, row in dec["rows"].items():
+        kind = name.split(" ", 1)[1]
+        ratio = dec["ratios"].get(kind) if name.startswith("ours") else None
+        t.add_row(name, _span(row["seconds"], ".2f"), _span(row["sources_per_s"], ",.0f"),
+                  _span(row["positions_per_s"], ",.0f"), _span(ratio, ".2f") if ratio else "-")
+    return t
+
+
+def _goals_table(results: dict[str, Any]) -> Table:
+    """The issue's goals: target, measured value, met or not."""
+    t = Table(title="Goals (ratios are medians of per-repetition ours/theirs)", title_justify="left")
+    for col in ("goal", "target", "measured", "met", "detail"):
+        t.add_column(col)
+    for g in results["goals"]:
+        met = "-" if g["met"] is None else ("yes" if g["met"] else "NO")
+        t.add_row(g["goal"], g["target"], _fmt(g["measured"], ".3f"), met, g["detail"])
+    return t
+
+
+def _padding_table(results: dict[str, Any]) -> Table:
+    """Padding share of the shipped datasets' training batches under each batching."""
+    t = Table(title="Padding share of computed tokens, training split (mean of 3 shuffled epochs)",
+              title_justify="left")
+    tables = results.get("padding", {})
+    kinds = list(next(iter(tables.values()))["padding_fraction"]) if tables else []
+    t.add_column("dataset")
+    t.add_column("examples", justify="right")
+    t.add_column("mean tokens", justify="right")
+    for k in kinds:
+        t.add_column(k, justify="right")
+    for name, p in tables.items():
+        t.add_row(name, f"{p['examples']:,}", f"{p['mean_tokens']:.1f}",
+                  *(f"{100 * p['padding_fraction'][k]:.1f}%" for k in kinds))
+    return t
+
+
+def _extras_table(results: dict[str, Any]) -> Table:
+    """Matmul peaks and the parallel-sweep row."""
+    t = Table(title="Matmul peak (fp32, this run) and parallel sweep jobs", title_justify="left")
+    t.add_column("measurement")
+    t.add_column("value", justify="right")
+    for name, s in results["matmul_peak"].items():
+        t.add_row(f"peak: {name}", _span(s, ",.0f") + " GFLOP/s")
+    sweep = results.get("sweep")
+    if sweep:
+        for name, row in sweep["rows"].items():
+            t.add_row(f"sweep: {name}", f"{row['real_tokens_per_s']:,.0f} real tok/s (aggregate)")
+    for name, full in results.get("full_epoch", {}).items():
+        est = results["contenders"][name]["epoch_s"]["median"]
+        t.add_row(f"full epoch: {name}", f"{full['epoch_s']:.1f} s measured, {est:.1f} s estimated")
+    return t
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    """Strict JSON (non-finite numbers as null), parents created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(results), indent=2) + "\n")
+
+
+def _finite(x: Any) -> Any:
+    """NaN and infinities replaced by None, recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x

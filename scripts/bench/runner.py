@@ -1,0 +1,147 @@
+"""Time every contender side by side in one process, interleaving repetitions, and turn steps into figures.
+
+Repetition r runs a block of steps of every contender in turn, so drifting background load lands on all of
+them alike; ratios are taken per repetition (paired), then summarised as median and min-max.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from . import contenders as C
+from . import hf
+from .contenders import Contender, EpochShape, Step
+from .flops import summary
+from .what_if import VARIANTS
+from .workload import Settings, Workload, epoch_batches, padding_fraction
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One contender: who trains, on which batches, and how to build it."""
+
+    who: str
+    batching: str
+    padded: bool  # padded to max_length: fewer, longer steps per repetition
+    needs_hf: bool
+    build: Callable[[Workload, Settings], Contender]
+
+
+REFERENCE = "ours"  # the row every ratio divides by
+CONTENDERS: dict[str, Spec] = {
+    "ours": Spec("tformer", "length-bucketed", False, False, lambda w, s: C.ours(w, s)),
+    "ours_pad": Spec("tformer", "pad to max_length", True, False,
+                     lambda w, s: C.ours(w, s, bucket=False, pad_to=w.max_length)),
+    "hf_loop_pad": Spec("HF BERT, plain loop", "pad to max_length", True, True,
+                        lambda w, s: hf.hf_loop(w, s, bucket=False, pad_to=w.max_length)),
+    "hf_loop_same": Spec("HF BERT, plain loop", "ours (length-bucketed)", False, True,
+                         lambda w, s: hf.hf_loop(w, s, bucket=True, pad_to=None)),
+    "hf_trainer_pad": Spec("HF Trainer", "pad to max_length (example defaults)", True, True,
+                           lambda w, s: hf.trainer_classify(w, s, grouped=False)),
+    "hf_trainer_grouped": Spec("HF Trainer", "dynamic + group_by_length", False, True,
+                               lambda w, s: hf.trainer_classify(w, s, grouped=True)),
+    "torch_encoder": Spec("nn.TransformerEncoder", "ours (length-bucketed)", False, False,
+                          lambda w, s: C.torch_encoder(w, s)),
+}
+WHAT_IF = {  # proposed changes to our step (what_if.py), timed only with --what-if
+    f"ours+{name}": Spec(f"tformer + {name}", "length-bucketed", False, False,
+                         lambda w, s, changes=changes: C.ours(w, s, changes=changes))
+    for name, changes in VARIANTS.items()
+}
+CONTENDERS.update(WHAT_IF)
+
+
+def steps_per_block(spec: Spec, settings: Settings) -> int:
+    """Timed steps in one repetition of this contender."""
+    return settings.steps_padded if spec.padded else settings.steps_bucketed
+
+
+def time_contenders(work: Workload, settings: Settings, names: list[str], log: Callable[[str], None],
+                    table: dict[str, Spec] | None = None
+                    ) -> tuple[dict[str, list[list[Step]]], dict[str, EpochShape], dict[str, Contender]]:
+    """Build every contender, warm each up, then run `reps` interleaved blocks: {name: [block per rep]}."""
+    table = CONTENDERS if table is None else table
+    built: dict[str, Contender] = {}
+    for name in names:
+        start = time.perf_counter()
+        built[name] = table[name].build(work, settings)
+        built[name].block(settings.warmup)
+        log(f"built and warmed up {name} ({time.perf_counter() - start:.1f} s)")
+    blocks: dict[str, list[list[Step]]] = {name: [] for name in names}
+    for rep in range(settings.reps):
+        for name in names:
+            blocks[name].append(built[name].block(steps_per_block(table[name], settings)))
+        log(f"repetition {rep + 1}/{settings.reps} done")
+    return blocks, {name: c.epoch() for name, c in built.items()}, built
+
+
+def block_figures(steps: list[Step], epoch: EpochShape, peak_gflops: float) -> dict[str, float]:
+    """Figures of one repetition: step time, tokens/s, MFU, and the epoch time it extrapolates to.
+
+    Epoch seconds = this block's seconds x (the epoch's padded tokens / this block's padded tokens): time
+    scales with computed tokens, and the sample's share of long and short batches is corrected for."""
+    seconds = sum(s.seconds for s in steps)
+    real = sum(s.real_tokens for s in steps)
+    padded = sum(s.padded_tokens for s in steps)
+    return {
+        "step_ms": 1000 * seconds / len(steps),
+        "real_tokens_per_s": real / seconds,
+        "padded_tokens_per_s": padded / seconds,
+        "epoch_s": seconds * epoch.padded_tokens / padded,
+        "mfu_real": sum(s.real_flops for s in steps) / seconds / (peak_gflops * 1e9),
+        "mfu_padded": sum(s.padded_flops for s in steps) / seconds / (peak_gflops * 1e9),
+        "achieved_gflops_real": sum(s.real_flops for s in steps) / seconds / 1e9,
+    }
+
+
+def contender_figures(blocks: list[list[Step]], epoch: EpochShape, peak_gflops: float) -> dict[str, Any]:
+    """Per-repetition figures and their median/min/max for one contender."""
+    reps = [block_figures(b, epoch, peak_gflops) for b in blocks]
+    return {
+        "reps": reps,
+        **{key: summary([r[key] for r in reps]) for key in reps[0]},
+        "steps_per_rep": len(blocks[0]),
+        "epoch": {"batches": epoch.batches, "real_tokens": epoch.real_tokens, "padded_tokens": epoch.padded_tokens,
+                  "padding_fraction": 1 - epoch.real_tokens / max(1, epoch.padded_tokens)},
+    }
+
+
+def paired_ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> dict[str, float]:
+    """ours / theirs of `key`, repetition by repetition, summarised."""
+    return summary([a[key] / b[key] for a, b in zip(ours["reps"], theirs["reps"])])
+
+
+def padding_table(work: Workload, settings: Settings, epochs: int = 3) -> dict[str, Any]:
+    """Padding share of one dataset's training batches under each batching, averaged over a few epochs."""
+    lengths = work.split.lengths
+    bs, seed = settings.batch_size, settings.seed
+    rows = {
+        "bucketed (ours)": [padding_fraction(epoch_batches(work, bs, True, seed, e), lengths) for e in range(epochs)],
+        "random order, pad to batch max": [padding_fraction(epoch_batches(work, bs, False, seed, e), lengths)
+                                           for e in range(epochs)],
+        "pad to max_length": [padding_fraction(epoch_batches(work, bs, False, seed, 0), lengths, work.max_length)],
+    }
+    if hf.available() is None:
+        rows["HF group_by_length"] = [padding_fraction(hf.length_grouped_batches(lengths, bs, seed + e), lengths)
+                                      for e in range(epochs)]
+    return {
+        "examples": len(lengths), "mean_tokens": float(lengths.mean()), "max_tokens": int(lengths.max()),
+        "max_length": work.max_length, "batch_size": bs,
+        "padding_fraction": {k: float(np.mean(v)) for k, v in rows.items()},
+    }
+
+
+def full_epoch_ours(work: Workload, settings: Settings) -> dict[str, float]:
+    """Train ours for one real epoch through EncodedSplit.batches (no extrapolation), as a check."""
+    c = C.ours(work, settings)
+    start = time.perf_counter()
+    n, real = 0, 0
+    for batch in work.split.batches(settings.batch_size, shuffle=True, bucket=True, seed=settings.seed, epoch=1):
+        c.step_fn(batch)
+        n, real = n + 1, real + batch.real_tokens
+    seconds = time.perf_counter() - start
+    return {"epoch_s": seconds, "batches": n, "real_tokens_per_s": real / seconds}
