@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import TINY, compose_train
 from transformer_cli.config import ModelConfig
 from transformer_cli.data.batching import EncodedSplit, collate
 from transformer_cli.errors import TformerError
@@ -97,3 +100,26 @@ def test_precision_defaults_per_device() -> None:
     assert resolve_precision("auto", torch.device("cpu")).name == "fp32"
     with pytest.raises(TformerError, match="fp16"):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_compiled_training_agrees_with_eager(tmp_path: Path) -> None:
+    """trainer.compile=true (torch.compile, dynamic shapes) trains to the same losses as eager, within float
+    tolerance, over batches of different lengths; checkpoints keep plain parameter names."""
+    from safetensors.torch import load_file
+
+    from transformer_cli.run import train
+
+    base = [*TINY, "model.dropout=0.0", "task.head_dropout=0.0", "trainer.max_steps=6", "trainer.eval_every=3",
+            "trainer.log_every=1", "trainer.threads=1"]
+    losses = {}
+    for compiled in (False, True):
+        run_dir = tmp_path / f"compiled-{compiled}"
+        run_dir.mkdir()
+        train(compose_train([*base, f"trainer.compile={str(compiled).lower()}"]), run_dir)
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses[compiled] = [r["loss"] for r in rows if r["event"] in ("train", "eval")]
+        names = set(load_file(str(run_dir / "checkpoints" / "last" / "model.safetensors")))
+        assert not any("_orig_mod" in n for n in names)
+    assert len(losses[True]) == len(losses[False]) == 6 + 2
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -248,3 +249,61 @@ def test_dropout_keeps_1_minus_p_scaled_and_routes_gradients_through_the_mask(p:
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())
     assert torch.equal(Dropout(p).eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+
+
+# ---------------------------------------------------------------- first-token shortcut, fused AdamW
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_first_token_encoder_equals_the_full_encoder(norm: str) -> None:
+    """With first=1 the last layer computes only position 0: the same states and the same gradients as
+    computing every position and keeping the first."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=32, n_layers=3, n_heads=4, d_ff=64, dropout=0.0, norm=norm, max_positions=64)
+    enc = Encoder(100, cfg)
+    ids = torch.randint(1, 100, (5, 11))
+    mask = torch.arange(11)[None, :] < torch.tensor([11, 7, 3, 1, 9])[:, None]  # (B, T), ragged
+    ids = ids.masked_fill(~mask, 0)
+    full = enc(ids, mask)[:, :1]
+    first = enc(ids, mask, first=1)
+    assert first.shape == (5, 1, 32)
+    torch.testing.assert_close(first, full, rtol=1e-5, atol=1e-6)
+    grads = []
+    for out in (enc(ids, mask)[:, :1], enc(ids, mask, first=1)):
+        enc.zero_grad()
+        (out * torch.linspace(-1, 1, 32)).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in enc.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_cls_pooling_model_uses_the_shortcut_and_mean_pooling_does_not() -> None:
+    """SequenceModel asks the encoder for position 0 only when the head pools the first token."""
+    cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0, max_positions=32)
+    seen = []
+    for pooling in ("cls", "mean"):
+        model = SequenceModel(Encoder(50, cfg), SequenceHead(16, 3, pooling, 0.0, squeeze=False)).eval()
+        model.encoder.register_forward_hook(lambda m, i, out: seen.append(out.shape[1]))
+        assert model(torch.randint(1, 50, (2, 6)), torch.ones(2, 6, dtype=torch.bool)).shape == (2, 3)
+    assert seen == [1, 6]
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_default_implementation() -> None:
+    """optim.fused=true (the default) and false give the same weights after a few steps, within rounding
+    (key biases get only rounding-level gradients, which Adam scales up to about 2e-6 differences)."""
+    from transformer_cli.optim import AdamWConfig, build_adamw
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0, max_positions=32)
+    base = SequenceModel(Encoder(50, cfg), SequenceHead(16, 3, "mean", 0.0, squeeze=False))
+    models = [copy.deepcopy(base) for _ in range(2)]
+    opts = [build_adamw(AdamWConfig(lr=1e-2, fused=f), m) for f, m in zip((True, False), models)]
+    assert opts[0].defaults["fused"] and not opts[1].defaults["fused"]
+    ids, mask = torch.randint(1, 50, (4, 7)), torch.ones(4, 7, dtype=torch.bool)
+    for _ in range(5):
+        for model, opt in zip(models, opts):
+            model(ids, mask).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")

@@ -96,3 +96,23 @@ def test_plan_cli_prints_the_numbers_and_fails_clearly(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # plan writes nothing
     proc = run_cli(["plan", *TINY, "data.text_column=review"], cwd=tmp_path)
     assert proc.returncode == 2 and "column 'review'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_token_budget_training_matches_the_plan(tmp_path: Path) -> None:
+    """trainer.max_tokens: the plan's step count is what training does, and batches hardly pad."""
+    from transformer_cli.run import train
+
+    cfg = compose_train([*TINY, "data.max_train_examples=300", "data.max_eval_examples=64", "trainer.threads=1",
+                         "trainer.max_steps=-1", "trainer.max_epochs=2", "trainer.batch_size=64",
+                         "trainer.max_tokens=400", "trainer.eval_every=0", "trainer.log_every=1"])
+    plan = make_plan(cfg)
+    per_epoch = plan.steps_per_epoch
+    assert plan.total_steps == 2 * per_epoch and per_epoch > 300 * 10 // 400  # at least a batch per 400 tokens
+    assert plan.train_tokens.real == 2 * plan.tokens_per_epoch
+    assert plan.train_tokens.padded <= 400 * plan.total_steps and plan.train_tokens.padded < 1.03 * plan.train_tokens.real
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    train(cfg, run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == plan.total_steps and summary["epochs"] == 2.0

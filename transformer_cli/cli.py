@@ -134,7 +134,8 @@ def _guard(job: Callable[[], Any], sweep_cfg: DictConfig | None = None) -> Any:
         how = ("rerun the same sweep command: finished jobs are skipped; add resume=auto to continue this one "
                "from its checkpoint" if sweep.in_multirun() else
                "resume with the same command plus resume=auto and the same hydra.run.dir (or resume=<run dir>)")
-        Console(stderr=True, highlight=False).print(f"[yellow]{stop}[/]: checkpoint {stop.checkpoint}\n{how}")
+        if _torchrun_rank() == 0:  # under torchrun every rank stops at the same step; one message
+            Console(stderr=True, highlight=False).print(f"[yellow]{stop}[/]: checkpoint {stop.checkpoint}\n{how}")
         raise SystemExit(EXIT_PREEMPTED) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
@@ -144,7 +145,8 @@ def _guard(job: Callable[[], Any], sweep_cfg: DictConfig | None = None) -> Any:
 def report_error(err: TformerError) -> None:
     """Print an error and its hint to stderr."""
     console = Console(stderr=True, highlight=False)
-    console.print(f"[bold red]error:[/] {err.message}", markup=True, soft_wrap=True)
+    rank = f"(rank {_torchrun_rank()}) " if _torchrun_world() > 1 else ""
+    console.print(f"[bold red]error:[/] {rank}{err.message}", markup=True, soft_wrap=True)
     if err.hint:
         console.print(f"[bold]hint:[/] {err.hint}", soft_wrap=True)
 

@@ -60,7 +60,8 @@ class ModelConfig:
     n_layers: int = 2
     n_heads: int = 4
     d_ff: int = 512
-    dropout: float = 0.1  # on embeddings, residual branches and the head
+    dropout: float = 0.1  # on embeddings and residual branches
+    ffn_dropout: float = 0.0  # inside the feed-forward block, after the activation (BERT and Vaswani et al.: none)
     attn_dropout: float = 0.0  # on attention weights; >0 disables the fused CPU kernel
     activation: str = "gelu"  # gelu | relu
     norm: str = "pre"  # pre (LayerNorm before each sublayer) | post (original Transformer)

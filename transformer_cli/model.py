@@ -77,9 +77,13 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.attn_dropout = cfg.attn_dropout
 
-    def forward(self, x: Tensor, mask: Tensor | None, cache: dict[str, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, cache: dict[str, Tensor] | None = None,
+                first: int | None = None) -> Tensor:
         """(B, T, D) -> (B, T, D). With a (B, T) key mask: bidirectional over real tokens (encoder).
-        Without a mask: causal (decoder); `cache` then holds the keys and values of earlier steps."""
+        Without a mask: causal (decoder); `cache` then holds the keys and values of earlier steps.
+        With `first` (encoder), only the first `first` positions are queries: (B, first, D) out."""
+        if first is not None:
+            return self._first_rows(x, mask, first)
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hs)
         if cache is not None:
@@ -96,6 +100,16 @@ class SelfAttention(nn.Module):
             is_causal=causal,
         )  # (B, H, T, hs)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+    def _first_rows(self, x: Tensor, mask: Tensor | None, first: int) -> Tensor:
+        """Attention outputs of the first `first` positions over every key: (B, T, D) -> (B, first, D)."""
+        B, T, D = x.shape
+        H, w, b = self.n_heads, self.qkv.weight, self.qkv.bias  # weight rows: query, key, value
+        q = F.linear(x[:, :first], w[:D], b[:D]).view(B, first, H, D // H).transpose(1, 2)  # (B, H, first, hs)
+        k, v = F.linear(x, w[D:], b[D:]).view(B, T, 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None, None, :],
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, first, D))
 
 
 class CrossAttention(nn.Module):
@@ -125,14 +139,14 @@ class CrossAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Position-wise two-layer MLP."""
+    """Position-wise two-layer MLP (dropout between the two maps only with model.ffn_dropout > 0)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.up = nn.Linear(cfg.d_model, cfg.d_ff)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model)
         self.act = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
-        self.dropout = Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.ffn_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, D)."""
@@ -151,12 +165,13 @@ class EncoderLayer(nn.Module):
         self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.norm == "pre"
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """(B, T, D) -> (B, T, D)."""
+    def forward(self, x: Tensor, mask: Tensor, first: int | None = None) -> Tensor:
+        """(B, T, D) -> (B, T, D), or (B, first, D): only the first positions' outputs (keys still see all)."""
+        kept = x if first is None else x[:, :first]  # the rows whose outputs are computed
         if self.pre_norm:
-            x = x + self.dropout(self.attn(self.norm1(x), mask))
+            x = kept + self.dropout(self.attn(self.norm1(x), mask, first=first))
             return x + self.dropout(self.ff(self.norm2(x)))
-        x = self.norm1(x + self.dropout(self.attn(x, mask)))
+        x = self.norm1(kept + self.dropout(self.attn(x, mask, first=first)))
         return self.norm2(x + self.dropout(self.ff(x)))
 
 
@@ -174,11 +189,12 @@ class Encoder(nn.Module):
         with torch.no_grad():
             self.embed.tokens.weight[pad_id].zero_()
 
-    def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
-        """(B, T) ids and (B, T) bool mask -> (B, T, D) hidden states."""
+    def forward(self, input_ids: Tensor, mask: Tensor, first: int | None = None) -> Tensor:
+        """(B, T) ids and (B, T) bool mask -> (B, T, D) hidden states; with `first`, the last layer computes
+        only the first `first` positions -> (B, first, D) (all a first-token pooling head reads)."""
         x = self.embed(input_ids)
-        for layer in self.layers:
-            x = layer(x, mask)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, first if i == len(self.layers) - 1 else None)
         return self.final_norm(x)
 
 
@@ -287,8 +303,12 @@ class SequenceModel(nn.Module):
         self.head = head
 
     def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
-        """(B, T) ids and mask -> the head's outputs, e.g. (B, C) logits or (B,) values."""
-        return self.head(self.encoder(input_ids, mask), mask)
+        """(B, T) ids and mask -> the head's outputs, e.g. (B, C) logits or (B,) values.
+
+        A head that pools the first token reads one position, so the last layer computes only that one
+        (the same outputs, about 1/n_layers less work)."""
+        first = 1 if getattr(self.head, "pooling", None) == "cls" else None
+        return self.head(self.encoder(input_ids, mask, first), mask)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -22,6 +22,7 @@ class AdamWConfig:
     weight_decay: float = 0.01  # not applied to biases, norms and embeddings
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    fused: bool = True  # one fused kernel for the update (CPU and CUDA); false: torch's per-tensor-list version
 
 
 @dataclass
@@ -82,8 +83,9 @@ def build_adamw(cfg: AdamWConfig, model: nn.Module) -> torch.optim.Optimizer:
     """AdamW over the model's parameter groups."""
     if len(cfg.betas) != 2:
         raise TformerError(f"optim.betas needs two values, got {list(cfg.betas)}")
+    fused = cfg.fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                             betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps)
+                             betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, fused=fused or None)
 
 
 def build_sgd(cfg: SGDConfig, model: nn.Module) -> torch.optim.Optimizer:

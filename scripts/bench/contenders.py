@@ -122,10 +122,11 @@ class LoopContender:
 
 
 def ours(work: Workload, settings: Settings, bucket: bool = True, pad_to: int | None = None,
-         changes: tuple[str, ...] = ()) -> LoopContender:
+         changes: tuple[str, ...] = (), compile: bool = False) -> LoopContender:
     """tformer's training step exactly as `tformer train` takes it (fp32, the configured clip and schedule).
 
-    `changes` names proposed changes from what_if.py to apply (none: the shipped step)."""
+    `changes` names proposed changes from what_if.py to apply (none: the shipped step); `compile` is
+    trainer.compile=true (torch.compile with dynamic shapes, as the loop does; warm-up pays the compilation)."""
     cfg = work.cfg
     build = getattr(work.task, "build_model", None)  # seq2seq builds its own encoder-decoder, as in run.py
     model = (build(cfg.model, work.vocab_size) if build else
@@ -139,9 +140,10 @@ def ours(work: Workload, settings: Settings, bucket: bool = True, pad_to: int | 
     scheduler = build_scheduler(cfg.schedule, optimizer, total_steps=10_000)
     precision = resolve_precision("fp32", torch.device("cpu"))
     scaler = precision.scaler()
+    trained = torch.compile(model, dynamic=True) if compile else model
 
     def step(batch: Batch) -> None:
-        train_step(model, [batch], work.task, loss_fn, optimizer, scaler, precision, cfg.trainer.grad_clip)
+        train_step(trained, [batch], work.task, loss_fn, optimizer, scaler, precision, cfg.trainer.grad_clip)
         scheduler.step()
 
     return LoopContender(work, settings, step, bucket, pad_to)

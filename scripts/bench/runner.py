@@ -17,6 +17,8 @@ from . import hf
 from .contenders import Contender, EpochShape, Step
 from .flops import summary
 from .what_if import VARIANTS
+from transformer_cli.data.batching import batch_order
+
 from .workload import Settings, Workload, epoch_batches, padding_fraction
 
 
@@ -52,6 +54,8 @@ WHAT_IF = {  # proposed changes to our step (what_if.py), timed only with --what
                          lambda w, s, changes=changes: C.ours(w, s, changes=changes))
     for name, changes in VARIANTS.items()
 }
+WHAT_IF["ours+compile"] = Spec("tformer, trainer.compile=true", "length-bucketed", False, False,
+                               lambda w, s: C.ours(w, s, compile=True))
 CONTENDERS.update(WHAT_IF)
 
 
@@ -124,6 +128,10 @@ def padding_table(work: Workload, settings: Settings, epochs: int = 3) -> dict[s
         "random order, pad to batch max": [padding_fraction(epoch_batches(work, bs, False, seed, e), lengths)
                                            for e in range(epochs)],
         "pad to max_length": [padding_fraction(epoch_batches(work, bs, False, seed, 0), lengths, work.max_length)],
+        # trainer.max_tokens at the same mean batch: examples sorted by length, cut by a token budget
+        "token budget (ours, max_tokens)": [
+            padding_fraction(batch_order(lengths, 4 * bs, shuffle=True, bucket=True, seed=seed, epoch=e,
+                                         max_tokens=int(bs * lengths.mean())), lengths) for e in range(epochs)],
     }
     if hf.available() is None:
         rows["HF group_by_length"] = [padding_fraction(hf.length_grouped_batches(lengths, bs, seed + e), lengths)
