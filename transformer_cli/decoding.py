@@ -45,6 +45,11 @@ class Stepper:
         """Keep (and reorder, or repeat) the running sequences at `index` (N',)."""
         self.memory_mask = self.memory_mask[index]
         self.kvs = [(k[index], v[index]) for k, v in self.kvs]
+        self.reorder(index)
+
+    def reorder(self, index: Tensor) -> None:
+        """Reorder the decoder caches only: for moves between rows of the same source (beam search), whose
+        encoder keys, values and mask are the same rows already."""
         if self.caches is not None:
             self.caches = [{name: t[index] for name, t in cache.items()} for cache in self.caches]
 
@@ -99,7 +104,7 @@ def beam_search(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: i
         if all(len(f) >= K for f in finished):
             break
         rows = (torch.arange(B, device=device)[:, None] * K + keep).view(-1)  # (B*K,) rows to continue
-        stepper.select(rows)
+        stepper.reorder(rows)  # rows stay within their source's K rows: the encoder memory needs no gather
         tokens = torch.cat([tokens[rows], next_tokens.view(-1, 1)], dim=1)
         scores = next_scores
     for b in range(B):  # sources whose beams never all ended: their live prefixes compete too
