@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ValidationError
 
 from conftest import compose_train
 from transformer_cli.config import check_train_config, conf_dir

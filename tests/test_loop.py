@@ -14,7 +14,6 @@ from conftest import TINY, compose_train
 from transformer_cli.config import ModelConfig
 from transformer_cli.data.batching import EncodedSplit, collate
 from transformer_cli.errors import TformerError
-from transformer_cli.heads import SequenceHead
 from transformer_cli.loop import Precision, is_better, resolve_precision, total_steps, train_step, windows
 from transformer_cli.losses import build_loss
 from transformer_cli.losses.base import LossContext

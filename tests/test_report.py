@@ -71,7 +71,7 @@ def test_seeds_are_grouped_and_configurations_ranked(tmp_path: Path) -> None:
     print_report(report, Console(file=out, width=160))
     text = out.getvalue()
     gap = statistics.fmean(best["mse"]) - statistics.fmean(best["huber"])
-    assert f"best: loss=huber" in text and f"by {gap:.4f} validation rmse" in text
+    assert "best: loss=huber" in text and f"by {gap:.4f} validation rmse" in text
     assert "★" in text and "optim.lr must be positive" in text
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transformer_cli.config import choose
 from transformer_cli.errors import TformerError
-from transformer_cli.metrics import JsonlWriter, _jsonable, read_jsonl
+from transformer_cli.metrics import JsonlWriter, jsonable, read_jsonl
 
 # Keys that place or count a record rather than measure something: not plotted as TensorBoard scalars.
 NOT_SCALARS = ("event", "split", "step", "time", "epoch", "count")
@@ -98,7 +98,7 @@ class CsvWriter:
 
 def _cell(value: Any) -> Any:
     """A CSV cell: numbers and strings as they are, non-finite floats empty, anything else as JSON."""
-    value = _jsonable(value)
+    value = jsonable(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return json.dumps(value)

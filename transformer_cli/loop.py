@@ -27,7 +27,7 @@ from transformer_cli.data.batching import Batch, EncodedSplit
 from transformer_cli.distributed import SINGLE, Dist, rank_seed
 from transformer_cli.errors import Preempted, TformerError
 from transformer_cli.losses.base import Loss, LossValue
-from transformer_cli.metrics import METRIC_MODES, JsonlWriter
+from transformer_cli.metrics import METRIC_MODES
 from transformer_cli.tasks.common import Task
 
 log = logging.getLogger(__name__)

@@ -429,15 +429,15 @@ def _as_binary(x: Tensor, what: str) -> Tensor:
 # ----------------------------------------------------------------------------- metrics files
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """A copy of value that json.dumps accepts strictly: tensors / numpy become Python numbers,
     and NaN / +-inf become None, since bare NaN / Infinity tokens are not valid JSON."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (Tensor, np.ndarray, np.generic)):
-        return _jsonable(value.tolist())  # a 0-d tensor / numpy scalar gives a Python scalar
+        return jsonable(value.tolist())  # a 0-d tensor / numpy scalar gives a Python scalar
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -459,7 +459,7 @@ class JsonlWriter:
         """Append record as one line and flush it to the OS."""
         if self._file is None:
             raise ValueError(f"JsonlWriter for {self.path} is closed")
-        line = json.dumps(_jsonable(record), allow_nan=False)
+        line = json.dumps(jsonable(record), allow_nan=False)
         self._file.write(line + "\n")
         self._file.flush()  # the OS keeps the line if the process dies; no fsync per step
 

@@ -45,7 +45,8 @@ from transformer_cli.data.batching import Batch, EncodedSplit
 from transformer_cli.data.tokenize import encode
 from transformer_cli.errors import TformerError
 from transformer_cli.loop import Precision, resolve_device, resolve_precision
-from transformer_cli.run import _finite, build_model, rebuild_task
+from transformer_cli.metrics import jsonable
+from transformer_cli.run import build_model, rebuild_task
 
 log = logging.getLogger("tformer")
 
@@ -337,7 +338,7 @@ def _to_stdout(lines: list[str]) -> None:
 
 def _json_line(record: dict[str, Any]) -> str:
     """One strict JSON line (a non-finite number becomes null)."""
-    return json.dumps(_finite(record), ensure_ascii=False) + "\n"
+    return json.dumps(jsonable(record), ensure_ascii=False) + "\n"
 
 
 def _umask() -> int:

@@ -31,7 +31,7 @@ from transformer_cli.loop import FitState, Fitter, Precision, evaluate as evalua
 from transformer_cli.losses import LOSSES, build_loss
 from transformer_cli.logging_backends import open_writers
 from transformer_cli.losses.base import LossContext
-from transformer_cli.metrics import METRIC_MODES, JsonlWriter
+from transformer_cli.metrics import METRIC_MODES, JsonlWriter, jsonable
 from transformer_cli.model import Encoder, SequenceModel, count_parameters
 from transformer_cli.optim import build_optimizer, build_scheduler
 from transformer_cli.plots import plot_curves
@@ -141,7 +141,7 @@ def _train(cfg: DictConfig, run_dir: Path, dist: Dist, device: torch.device, sta
     }
     summary["plots"] = {"curves": str(plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", monitor))}
     _write_json(run_dir / "summary.json", summary)
-    write_run_card(run_dir, cfg, _finite(summary))
+    write_run_card(run_dir, cfg, jsonable(summary))
     print_results(f"{cfg.task.name} / {cfg.loss.name}: best {monitor}={state.best_value:.4f} at step {state.best_step}",
                   {k: v["metrics"] for k, v in final.items()})
     log.info("run directory: %s", run_dir)
@@ -369,15 +369,4 @@ def _context_from_json(data: dict[str, Any]) -> LossContext:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Pretty JSON, non-finite floats as null."""
-    path.write_text(json.dumps(_finite(data), indent=2))
-
-
-def _finite(x: Any) -> Any:
-    """Replace NaN/inf floats by None, recursively, so the file is strict JSON."""
-    if isinstance(x, float):
-        return x if np.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
+    path.write_text(json.dumps(jsonable(data), indent=2))

@@ -363,26 +363,17 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically (temp file + rename), so a reader never sees half a record."""
+    from transformer_cli.metrics import jsonable  # here: the CLI imports this module before torch is needed
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_nulls(data), indent=2, default=str))
+    tmp.write_text(json.dumps(jsonable(data), indent=2, default=str))
     tmp.replace(path)
 
 
 def _update_json(path: Path, **changes: Any) -> None:
     """Merge changes into a JSON object file."""
     _write_json(path, {**(_read_json(path) or {}), **changes})
-
-
-def _nulls(x: Any) -> Any:
-    """NaN / inf floats as None, recursively (strict JSON)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _nulls(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_nulls(v) for v in x]
-    return x
 
 
 # On import, not only from cli.main: launcher workers (joblib, submitit) resolve job directory names too, and

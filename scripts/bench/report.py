@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from transformer_cli.metrics import jsonable
 
 from .runner import REFERENCE
 
@@ -178,15 +178,4 @@ def _extras_table(results: dict[str, Any]) -> Table:
 def write_json(results: dict[str, Any], path: Path) -> None:
     """Strict JSON (non-finite numbers as null), parents created."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(results), indent=2) + "\n")
-
-
-def _finite(x: Any) -> Any:
-    """NaN and infinities replaced by None, recursively."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
+    path.write_text(json.dumps(jsonable(results), indent=2) + "\n")
