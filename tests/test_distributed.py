@@ -206,10 +206,44 @@ def test_sigterm_then_resume(two: Path, tmp_path: Path, resume_nproc: int) -> No
 def test_sweeps_and_other_commands_refuse_torchrun(tmp_path: Path) -> None:
     """Under torchrun's environment, `train -m` and `eval` stop with a message instead of misbehaving."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "WORLD_SIZE": "2", "RANK": "0"}
-    for args in (["train", "-m", "seed=0,1"], ["eval", "ckpt=nowhere"]):
+    for args in (["train", "-m", "seed=0,1"], ["train", "hydra.mode=MULTIRUN", "seed=0,1"], ["eval", "ckpt=nowhere"]):
         done = subprocess.run([sys.executable, "-m", "transformer_cli", *args], cwd=tmp_path, capture_output=True,
                               text=True, env=env, timeout=120)
         assert done.returncode == 2 and "torchrun" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_other_ranks_get_a_scratch_run_dir_that_survives_trailing_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank > 0's Hydra overrides come first (a trailing `--cfg job` keeps its value) and replace the user's
+    run dir (rank 0 keeps it); rank 0's line is untouched."""
+    from transformer_cli import cli
+
+    line = ["seed=1", "hydra.run.dir=mine", "--cfg", "job"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert cli.launch_distributed(line) == line
+    monkeypatch.setenv("RANK", "1")
+    out = cli.launch_distributed(line)
+    assert out[0].startswith("hydra.run.dir=") and "tformer-rank1-" in out[0]
+    assert out[1:] == ["hydra.output_subdir=null", "hydra/job_logging=stdout", "seed=1", "--cfg", "job"]
+    assert Path(out[0].split("=", 1)[1]).is_dir()
+
+
+def test_torchrun_gets_sigusr1_and_time_to_checkpoint_unless_set() -> None:
+    """`--nproc` runs torchrun with SIGUSR1 forwarded and a 5-minute shutdown grace; the caller's values win."""
+    from transformer_cli.cli import torchrun_env
+
+    env = torchrun_env({"PATH": "/bin"})
+    assert "SIGUSR1" in env["PET_SIGNALS_TO_HANDLE"] and env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "300"
+    assert torchrun_env({"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "60"})["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "60"
+
+
+def test_nproc_checks_the_config_before_starting_processes(tmp_path: Path) -> None:
+    """A misspelled key or a sweep with --nproc: one message, exit 2, and torchrun never starts."""
+    typo = run_cli(["train", "--nproc", "2", "trainer.bath_size=8"], tmp_path)
+    assert typo.returncode == 2 and "batch_size" in typo.stderr and "torchrun" not in typo.stderr.lower()
+    sweep = run_cli(["train", "--nproc", "2", "-m", "seed=0,1"], tmp_path)
+    assert sweep.returncode == 2 and sweep.stderr.count("error:") == 1 and "torchrun" in sweep.stderr
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_nproc_needs_a_number(tmp_path: Path) -> None:

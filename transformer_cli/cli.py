@@ -266,21 +266,45 @@ def launch_distributed(args: list[str]) -> list[str]:
         if nproc < 1:
             report_error(TformerError(f"--nproc {nproc}: need at least one process"))
             raise SystemExit(EXIT_USER_ERROR)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "transformer_cli", "train", *rest]
-        os.execv(sys.executable, cmd)
+        _refuse_sweep(rest)
+        register_schemas()
+        precheck_overrides("train", rest)  # a config mistake: one message and exit 2, before any process starts
+        os.execve(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                   f"--nproc-per-node={nproc}", "-m", "transformer_cli", "train", *rest],
+                  torchrun_env(os.environ))
     if not _torchrun_world() > 1:
         return rest
-    if any(a in ("-m", "--multirun") for a in rest):
-        report_error(TformerError("a sweep (-m) cannot run under torchrun: each training is one torchrun job",
-                                  hint="sweep without torchrun (launcher=slurm or ray puts jobs on other machines), "
-                                  "or run one training per torchrun"))
-        raise SystemExit(EXIT_USER_ERROR)
+    _refuse_sweep(rest)
     if _torchrun_rank() == 0:
         return rest
     scratch = tempfile.mkdtemp(prefix=f"tformer-rank{_torchrun_rank()}-")
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-    return [*rest, f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    # First, so that a trailing Hydra flag (--cfg job, -cn name) keeps its value; the user's own values of
+    # these keys are dropped (rank 0 keeps them), since a later override would win.
+    mine = ("hydra.run.dir=", "hydra.output_subdir=", "hydra/job_logging=")
+    kept = [a for a in rest if not a.lstrip("+").startswith(mine)]
+    return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=stdout", *kept]
+
+
+# Set for `tformer train --nproc` (environment values win): torchrun forwards SIGUSR1 too (cluster
+# schedulers' warning signal, which tformer treats like SIGTERM) and gives workers 5 minutes to finish the
+# step, an evaluation and the checkpoint before SIGKILL (torchrun's default is 30 s).
+TORCHRUN_ENV = {"PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+                "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"}
+
+
+def torchrun_env(environ: Any) -> dict[str, str]:
+    """The environment for torchrun: TORCHRUN_ENV under the caller's own settings."""
+    return {**TORCHRUN_ENV, **environ}
+
+
+def _refuse_sweep(args: list[str]) -> None:
+    """A sweep is many trainings: it cannot be one torchrun job."""
+    if any(a in ("-m", "--multirun") or a.lstrip("+") == "hydra.mode=MULTIRUN" for a in args):
+        report_error(TformerError("a sweep (-m) cannot run under torchrun: each training is one torchrun job",
+                                  hint="sweep without torchrun (launcher=slurm or ray puts jobs on other machines), "
+                                  "or run one training per torchrun"))
+        raise SystemExit(EXIT_USER_ERROR)
 
 
 def _torchrun_world() -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -107,8 +108,11 @@ class Dist:
         if not self.enabled:
             return model
         ids = [device.index] if device.type == "cuda" else None
-        # No buffers need syncing (no batch norm): skip the per-forward broadcast.
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+        # No buffers need syncing (no batch norm): skip the per-forward broadcast. The keyword was renamed
+        # in recent torch (broadcast_buffers is deprecated there); both mean the same here.
+        params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+        no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, **no_sync)
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
         """Inside: backward accumulates locally without reducing gradients (all but the last micro-batch)."""

@@ -75,7 +75,11 @@ def _train(cfg: DictConfig, run_dir: Path, dist: Dist, device: torch.device, sta
         logging.getLogger().setLevel(logging.WARNING)  # one log: rank 0's
     task_spec = TASKS[cfg.task.name]
     monitor = cfg.trainer.monitor or task_spec.default_monitor
-    resume = find_resume(cfg, run_dir)
+    resume = find_resume(cfg, run_dir) if dist.is_main else None
+    if dist.enabled:  # every rank resumes from the checkpoint rank 0 chose
+        chosen = dist.broadcast(None if resume is None else str(resume.path))
+        if chosen is not None and not dist.is_main:
+            resume = load_checkpoint(chosen, trainer_state=True)
     seed_everything(cfg.seed, cfg.trainer.deterministic, cfg.trainer.threads)
     precision = resolve_precision(cfg.trainer.precision, device)
     prep = prepare_training_data(cfg, resume, dist)
