@@ -26,7 +26,8 @@ from conftest import REPO, run_cli
 DIST = ["task=regress", "model=tiny", "model.dropout=0.0", "task.head_dropout=0.0", "data.max_train_examples=801",
         "data.max_eval_examples=200", "data.tokenizer.vocab_size=600", "trainer.device=cpu", "trainer.max_epochs=2",
         "trainer.batch_size=16", "trainer.grad_accum=2", "optim.lr=3e-3", "trainer.progress=false",
-        "trainer.log_every=1", "trainer.threads=1", "trainer.save_every=1", "trainer.keep_last=3"]
+        "trainer.log_every=1", "trainer.threads=1", "trainer.save_every=1", "trainer.keep_last=3",
+        "trainer.eval_every=10"]  # evaluations every 10 steps, mid-epoch too (rank 0 alone), and at the end
 STEPS = 52
 
 
