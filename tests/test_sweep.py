@@ -274,17 +274,19 @@ def test_failed_jobs_are_listed_and_the_others_complete(tmp_path: Path) -> None:
 def test_interrupted_sweep_reruns_only_unfinished_jobs(tmp_path: Path) -> None:
     """Ctrl-C after the first job: the rerun skips it (its files untouched) and runs the other one."""
     args = ["train", "-m", "seed=0,1", *TINY, *SHORT]
+    # SIGINT's default action restored in the child: a shell running this suite in the background (`cmd &`)
+    # makes its children ignore SIGINT, and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "transformer_cli", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240  # a guard against hanging, not a timed assertion
     first: list[Path] = []
     while not first and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
         first = list(tmp_path.glob("outputs/multirun/*/seed=*/summary.json"))
     assert first, "no job finished"
-    # Ctrl-C until it stops: a SIGINT that lands inside a finalizer is printed and ignored by Python
-    # ("Exception ignored in ..."), which let a loaded machine finish the whole sweep once.
+    # Ctrl-C until it stops (a SIGINT that lands inside a finalizer is printed and ignored by Python).
     while proc.poll() is None and time.monotonic() < deadline:
         proc.send_signal(signal.SIGINT)
         try:
