@@ -233,16 +233,19 @@ def print_plan(plan: Plan, cfg: DictConfig, console: Console | None = None) -> N
 def _rows(plan: Plan, cfg: DictConfig) -> list[tuple[str, str, str]]:
     """(label, value, note) lines of the plan table."""
     mem = plan.memory
+    budget = cfg.trainer.max_tokens
+    batching = (f"batches of at most {budget:,} padded tokens and {plan.batch_size} examples" if budget > 0
+                else f"batch {plan.batch_size}")
     return [
         ("parameters", f"{plan.parameters:,}", f"{plan.parameters - plan.embedding_parameters:,} outside embeddings; "
                                                  f"vocabulary {plan.vocab_size:,}"),
-        ("steps per epoch", f"{plan.steps_per_epoch:,}", f"{plan.examples['train']:,} examples / batch "
-                                                         f"{plan.batch_size} / accumulation {plan.grad_accum}"),
+        ("steps per epoch", f"{plan.steps_per_epoch:,}", f"{plan.examples['train']:,} examples / {batching} "
+                                                         f"/ accumulation {plan.grad_accum}"),
         ("total steps", f"{plan.total_steps:,}", f"{plan.epochs:.2f} epochs (max_epochs={cfg.trainer.max_epochs}, "
                                                  f"max_steps={cfg.trainer.max_steps})"),
         ("warmup steps", f"{plan.warmup_steps:,}", cfg.schedule.name),
-        ("effective batch", f"{plan.effective_batch:,}",
-         f"batch {plan.batch_size} x accumulation {plan.grad_accum} x processes {plan.processes}"),
+        ("effective batch", f"{plan.effective_batch:,}" if budget <= 0 else f"<= {plan.effective_batch:,}",
+         f"batch {plan.batch_size} x accumulation {plan.grad_accum}, split over all processes under torchrun"),
         ("evaluations", f"{plan.evaluations:,}", "validation passes, the final one included"),
         ("tokens per epoch", f"{plan.tokens_per_epoch:,}", f"{plan.truncated:.1%} of examples truncated"),
         ("tokens computed", f"{plan.train_tokens.padded:,}", f"{plan.train_tokens.real:,} real + padding, "
