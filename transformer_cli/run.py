@@ -103,7 +103,8 @@ def _train(cfg: DictConfig, run_dir: Path, dist: Dist, device: torch.device, sta
         if resume is not None:
             continue_metrics(resume.path, run_dir / "metrics.jsonl", int(resume.meta["step"]))
 
-    writers = open_writers(OmegaConf.select(cfg, "logger"), run_dir, cfg) if dist.is_main else _no_writer()
+    writers = (open_writers(OmegaConf.select(cfg, "logger"), run_dir, cfg) if dist.is_main
+               else contextlib.nullcontext(_NullWriter()))
     with writers as writer:  # metrics.jsonl, .csv, [tensorboard]
         def on_checkpoint(state: FitState, scalars: dict[str, float] | None, improved: bool) -> str:
             trainer_state = fitter.capture()  # every rank: it gathers their random states
@@ -180,35 +181,29 @@ def prepare_training_data(cfg: DictConfig, saved: Checkpoint | None = None, dist
     if saved is not None:
         task = rebuild_task(cfg, saved)
         tokenizer = saved.tokenizer
-    elif dist.enabled:
-        state, vocab = dist.broadcast(_fit_vocabularies(cfg, train_raw) if dist.is_main else None)
-        task = task_spec.build(cfg.task, loss_kind, state)
-        tokenizer = Tokenizer.from_str(vocab)
     else:
-        state = task_spec.build.fit_state(train_raw.labels, cfg.task, cfg.data.labels, train_raw.where.source)
+        state, tokenizer = _fit_vocabularies(cfg, train_raw) if dist.is_main else (None, None)
+        if dist.enabled:  # every rank encodes with rank 0's label set and vocabulary
+            state, vocab = dist.broadcast((state, tokenizer.to_str() if dist.is_main else None))
+            tokenizer = Tokenizer.from_str(vocab)
         task = task_spec.build(cfg.task, loss_kind, state)
-        tokenizer = train_tokenizer(train_raw.texts + (train_raw.pairs or []), cfg.data.tokenizer)
     targets = {name: task.encode_targets(split.labels, split.where) for name, split in raw.items()}
     splits = {name: EncodedSplit(encode(tokenizer, s.texts, s.pairs), targets[name]) for name, s in raw.items()}
     return Prepared(task=task, splits=splits, sizes={k: len(v) for k, v in raw.items()}, tokenizer=tokenizer,
                     loss_context=task.loss_context(targets["train"]))
 
 
-def _fit_vocabularies(cfg: DictConfig, train_raw: RawSplit) -> tuple[dict[str, Any], str]:
-    """The task's state (labels, target scaling or vocabulary) and the input tokenizer as JSON, from train."""
+def _fit_vocabularies(cfg: DictConfig, train_raw: RawSplit) -> tuple[dict[str, Any], Tokenizer]:
+    """The task's state (labels, target scaling or vocabulary) and the input tokenizer, learned on train."""
     state = TASKS[cfg.task.name].build.fit_state(train_raw.labels, cfg.task, cfg.data.labels, train_raw.where.source)
-    return state, train_tokenizer(train_raw.texts + (train_raw.pairs or []), cfg.data.tokenizer).to_str()
+    return state, train_tokenizer(train_raw.texts + (train_raw.pairs or []), cfg.data.tokenizer)
 
 
-@contextlib.contextmanager
-def _no_writer() -> Any:
+class _NullWriter:
     """The metrics writer of ranks other than 0: they write nothing."""
 
-    class _Null:
-        def write(self, record: dict[str, Any]) -> None:
-            """Drop the record."""
-
-    yield _Null()
+    def write(self, record: dict[str, Any]) -> None:
+        """Drop the record."""
 
 
 def build_model(cfg: DictConfig, vocab_size: int, task: Task) -> SequenceModel:
