@@ -18,7 +18,6 @@ on a complete checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ from torch import nn
 from transformer_cli import __version__
 from transformer_cli.data.tokenize import load_tokenizer, save_tokenizer
 from transformer_cli.errors import TformerError
+from transformer_cli.files import dumps, fsync, fsync_dir, read_json, sha256_file, umask
 
 FORMAT = "tformer-checkpoint"
 VERSION = 1
@@ -69,7 +69,7 @@ def save_checkpoint(path: Path, model: nn.Module, config: DictConfig, tokenizer:
                            hint="the run diverged; lower optim.lr or enable trainer.nan_policy")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is as readable as any output
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; a checkpoint is as readable as any output
     try:
         _write_files(tmp, weights, config, tokenizer, task_state, meta, trainer_state)
         _swap_in(tmp, path)
@@ -100,8 +100,8 @@ def _write_files(tmp: Path, weights: dict[str, torch.Tensor], config: DictConfig
         names += list(TRAINER_FILES)
     _write_json(tmp / "manifest.json", {name: _describe(tmp / name) for name in names})
     for name in (*names, "manifest.json"):
-        os.chmod(tmp / name, 0o666 & ~_umask())
-        _fsync(tmp / name)
+        os.chmod(tmp / name, 0o666 & ~umask())
+        fsync(tmp / name)
 
 
 def _swap_in(tmp: Path, path: Path) -> None:
@@ -112,7 +112,7 @@ def _swap_in(tmp: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
         path.rename(old)
     tmp.rename(path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -254,11 +254,7 @@ def _verify(p: Path, manifest: dict[str, Any]) -> None:
 
 def _describe(f: Path) -> dict[str, Any]:
     """A file's size and sha256."""
-    h = hashlib.sha256()
-    with f.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return {"size": f.stat().st_size, "sha256": h.hexdigest()}
+    return {"size": f.stat().st_size, "sha256": sha256_file(f)}
 
 
 def _read_json(f: Path, ckpt: Path, name: str) -> dict[str, Any]:
@@ -267,7 +263,7 @@ def _read_json(f: Path, ckpt: Path, name: str) -> dict[str, Any]:
         raise TformerError(f"{ckpt} is not a tformer checkpoint: {name} is missing",
                            hint="pass a directory written by tformer train (e.g. <run dir>/checkpoints/best)")
     try:
-        data = json.loads(f.read_text())
+        data = read_json(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TformerError(f"{f} is not valid JSON ({err}); the checkpoint is corrupt") from err
     if not isinstance(data, dict):
@@ -276,32 +272,8 @@ def _read_json(f: Path, ckpt: Path, name: str) -> dict[str, Any]:
 
 
 def _write_json(f: Path, data: dict[str, Any]) -> None:
-    """Write pretty JSON."""
-    f.write_text(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync(f: Path) -> None:
-    """Flush a file's contents to disk."""
-    fd = os.open(f, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(d: Path) -> None:
-    """Flush a directory entry (the rename) to disk."""
-    try:
-        _fsync(d)
-    except OSError:
-        pass  # some filesystems do not allow fsync on directories
+    """Write pretty, strict JSON (the whole directory is renamed into place, so no atomic write is needed)."""
+    f.write_text(dumps(data, sort_keys=True), encoding="utf-8")
 
 
 class CheckpointDir:
@@ -333,7 +305,7 @@ class CheckpointDir:
             tmp.unlink()
         os.symlink(target.name, tmp)
         os.replace(tmp, self.root / name)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def steps(self) -> list[Path]:
         """Step directories, oldest first."""

@@ -1,8 +1,9 @@
-"""Typed config schemas for the fixed machinery, and the checks that span several groups.
+"""Typed config schemas of the fixed machinery: data, tokenizer, model, trainer, logger, and each command.
 
-Swappable pieces (task, loss, optimizer, schedule) keep their schemas beside their code and are
-looked up by name in plain tables; this module stores every schema in Hydra's ConfigStore, when
-the CLI asks for it, so that each YAML option is checked against its dataclass at compose time.
+Schemas only: this module imports nothing of tformer's, so every other module may import it. Swappable
+pieces (task, loss, optimizer, schedule) keep their schemas beside their code; validate.py stores all of
+them in Hydra's ConfigStore and holds the checks that span several groups. Each default lives here, in the
+dataclass; the YAML files of conf/ select a schema and set only what differs from it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
-
-from transformer_cli.errors import TformerError
+from omegaconf import MISSING
 
 
 @dataclass
@@ -166,143 +164,8 @@ class ExportConfig:
     opset: int | None = None  # ONNX opset (default: the exporter's)
 
 
-def register_schemas() -> None:
-    """Store every schema in Hydra's ConfigStore; the YAML files name them in their defaults."""
-    from transformer_cli.losses import LOSSES
-    from transformer_cli.optim import OPTIMIZERS, SCHEDULES
-    from transformer_cli.tasks import TASKS
-
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="eval_schema", node=EvalConfig)
-    cs.store(name="export_schema", node=ExportConfig)
-    cs.store(name="predict_schema", node=PredictConfig)
-    for group, table in (("task", TASKS), ("loss", LOSSES), ("optim", OPTIMIZERS), ("schedule", SCHEDULES)):
-        for name, spec in table.items():
-            cs.store(group=f"schema/{group}", name=name, node=spec.schema)
-
-
 def conf_dir() -> Path:
     """The directory holding the shipped YAML config groups."""
     import importlib.resources
 
     return Path(str(importlib.resources.files("transformer_cli.conf")))
-
-
-def choose(table: dict[str, Any], name: str, what: str) -> Any:
-    """Look a component up by name, or fail naming the ones that exist."""
-    if name not in table:
-        known = ", ".join(sorted(table))
-        raise TformerError(f"unknown {what} '{name}'", hint=f"choose one of: {known}")
-    return table[name]
-
-
-def check_train_config(cfg: DictConfig) -> None:
-    """Cross-group checks that a dataclass cannot express: loss fits task, metric exists, sizes agree."""
-    from transformer_cli.losses import LOSSES
-    from transformer_cli.tasks import TASKS
-
-    _refuse_targets(OmegaConf.to_container(cfg, resolve=False), "the config", "", interpolations=True)
-    task = choose(TASKS, cfg.task.name, "task")
-    loss = choose(LOSSES, cfg.loss.name, "loss")
-    if not set(loss.targets) & set(task.target_kinds):
-        fitting = sorted(n for n, s in LOSSES.items() if set(s.targets) & set(task.target_kinds))
-        fitting.sort(key=lambda n: n != task.natural_loss)  # the task's natural loss first
-        raise TformerError(
-            f"loss '{cfg.loss.name}' does not fit task '{cfg.task.name}': it expects "
-            f"{'/'.join(loss.targets)} targets, the task produces {'/'.join(task.target_kinds)}",
-            hint=f"losses that fit task={cfg.task.name}: {', '.join(fitting)} (e.g. loss={fitting[0]})",
-        )
-    monitor = cfg.trainer.monitor
-    if monitor is not None and monitor not in task.metric_names:
-        raise TformerError(
-            f"trainer.monitor='{monitor}' is not a metric of task '{cfg.task.name}'",
-            hint=f"choose one of: {', '.join(task.metric_names)}",
-        )
-    m = cfg.model
-    if m.d_model % m.n_heads:
-        raise TformerError(
-            f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}",
-            hint="pick n_heads that divides d_model (e.g. 4 or 8)",
-        )
-    _check_choice("model.norm", m.norm, ("pre", "post"))
-    _check_choice("model.positional", m.positional, ("sinusoidal", "learned"))
-    _check_choice("model.activation", m.activation, ("gelu", "relu"))
-    _check_choice("data.source", cfg.data.source, ("builtin", "local", "hub"))
-    _check_choice("data.tokenizer.kind", cfg.data.tokenizer.kind, ("bpe", "wordpiece"))
-    _check_choice("trainer.precision", cfg.trainer.precision, ("auto", "fp32", "bf16", "fp16"))
-    _check_choice("trainer.nan_policy", cfg.trainer.nan_policy, ("error", "skip", "off"))
-    if cfg.data.tokenizer.max_length > m.max_positions:
-        raise TformerError(
-            f"data.tokenizer.max_length={cfg.data.tokenizer.max_length} exceeds "
-            f"model.max_positions={m.max_positions}",
-            hint="lower the one or raise the other",
-        )
-    if cfg.trainer.max_steps < 0 and cfg.trainer.max_epochs <= 0:
-        raise TformerError("training has no end: trainer.max_steps=-1 and trainer.max_epochs<=0",
-                           hint="set trainer.max_epochs or trainer.max_steps to a positive number")
-    for key in ("batch_size", "eval_batch_size", "grad_accum", "log_every"):
-        if cfg.trainer[key] <= 0:
-            raise TformerError(f"trainer.{key} must be positive, got {cfg.trainer[key]}")
-    if cfg.trainer.max_tokens < 0:
-        raise TformerError(f"trainer.max_tokens must be 0 (off) or positive, got {cfg.trainer.max_tokens}")
-
-
-def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    """Fail when a string option is not one of its allowed values."""
-    if value not in allowed:
-        raise TformerError(f"{key}='{value}' is not allowed", hint=f"choose one of: {', '.join(allowed)}")
-
-
-def to_plain(cfg: DictConfig) -> dict[str, Any]:
-    """A resolved, JSON-serialisable copy of a config."""
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
-
-
-def load_train_config(raw: DictConfig, source: str) -> DictConfig:
-    """Validate a stored training config (e.g. from a checkpoint) against every schema, refusing `_target_`."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    from transformer_cli.losses import LOSSES
-    from transformer_cli.optim import OPTIMIZERS, SCHEDULES
-    from transformer_cli.tasks import TASKS
-
-    _refuse_targets(OmegaConf.to_container(raw, resolve=False), source, "")
-    prefix = ""  # errors from a group's own schema carry keys relative to that group
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
-        for group, table in (("task", TASKS), ("loss", LOSSES), ("optim", OPTIMIZERS), ("schedule", SCHEDULES)):
-            node = raw[group]
-            if not isinstance(node, DictConfig):
-                raise TformerError(f"the config in {source} has {group}: {node!r}; it must be a mapping with a name",
-                                   hint="it was written by another version of tformer, or edited by hand")
-            spec = choose(table, str(node.name), group)
-            prefix = f"{group}."
-            cfg[group] = OmegaConf.merge(OmegaConf.structured(spec.schema), node)
-            prefix = ""
-        OmegaConf.resolve(cfg)  # a hand-written ${...} fails here, by key, rather than mid-run
-    except OmegaConfBaseException as err:
-        key = f" at {prefix}{err.full_key}" if getattr(err, "full_key", None) else ""
-        raise TformerError(f"the config in {source} does not match tformer's schema{key}: {err}".splitlines()[0],
-                           hint="it was written by another version of tformer, or edited by hand") from err
-    check_train_config(cfg)
-    return cfg
-
-
-def _refuse_targets(node: Any, source: str, path: str, interpolations: bool = False) -> None:
-    """Fail on any `_target_`-style key: tformer never imports or calls a path named by a config.
-
-    Interpolations are refused too unless allowed: a stored (resolved) config never holds one."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if str(key) in ("_target_", "_partial_", "_recursive_", "_args_"):
-                raise TformerError(f"{source} contains '{path}{key}': tformer never imports or calls code "
-                                   "named in a config", hint="remove that key; components are chosen by name")
-            _refuse_targets(value, source, f"{path}{key}.", interpolations)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            _refuse_targets(value, source, f"{path}{i}.", interpolations)
-    elif isinstance(node, str) and "${" in node and not interpolations:
-        # tformer stores configs resolved; an interpolation here was written by hand.
-        raise TformerError(f"{source} contains an interpolation at '{path.rstrip('.')}': {node!r}",
-                           hint="stored configs must hold plain values")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 
 class TformerError(Exception):
     """A problem the user can fix; the CLI prints it without a traceback and exits non-zero."""
@@ -21,3 +23,10 @@ class Preempted(Exception):
     def __init__(self, signal_name: str, step: int, checkpoint: str) -> None:
         super().__init__(f"stopped by {signal_name} at step {step}")
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+
+def choose(table: Mapping[str, Any], name: str, what: str) -> Any:
+    """Look a component up by name in one of tformer's tables, or fail naming the ones that exist."""
+    if name not in table:
+        raise TformerError(f"unknown {what} '{name}'", hint=f"choose one of: {', '.join(sorted(table))}")
+    return table[name]

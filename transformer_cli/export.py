@@ -14,7 +14,6 @@ otherwise the command fails and removes the exported file.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import warnings
@@ -28,10 +27,11 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from transformer_cli import __version__
-from transformer_cli.checkpoint import load_checkpoint, load_weights
-from transformer_cli.config import choose, load_train_config
 from transformer_cli.data.tokenize import PAD, PAD_ID, encode
-from transformer_cli.errors import TformerError
+from transformer_cli.errors import TformerError, choose
+from transformer_cli.files import write_json
+from transformer_cli.restore import Restored, restore
+from transformer_cli.tasks.protocol import Readout
 
 log = logging.getLogger(__name__)
 
@@ -42,42 +42,27 @@ Runner = Callable[[Tensor, Tensor], list[np.ndarray]]  # (ids, mask) -> outputs,
 # ----------------------------------------------------------------------------- what the graph computes
 
 
-@dataclass(frozen=True)
-class Readout:
-    """How a task's raw model outputs become the exported outputs."""
-
-    names: tuple[str, ...]
-    compute: Callable[[Any, Tensor], tuple[Tensor, ...]]  # (task, raw outputs) -> outputs
-
-
-READOUTS: dict[str, Readout] = {
-    "classify": Readout(("logits", "probabilities"), lambda task, out: (out, task.probabilities(out))),
-    "multilabel": Readout(("logits", "probabilities"), lambda task, out: (out, task.probabilities(out))),
-    # the model learns standardised targets; the export answers on the original scale
-    "regress": Readout(("prediction",), lambda task, out: (out.float() * task.std + task.mean,)),
-}
-
-
-def readout_for(task: str) -> Readout:
-    """The read-out of an exportable task, or a clear refusal (e.g. seq2seq needs a decoding loop)."""
-    if task not in READOUTS:
-        raise TformerError(f"tformer export does not support task '{task}' yet",
-                           hint=f"exportable tasks: {', '.join(READOUTS)}")
-    return READOUTS[task]
-
-
 class ExportedModel(nn.Module):
     """The model and its task's read-out: (B, T) ids and (B, T) 0/1 int mask in, named outputs out."""
 
-    def __init__(self, model: nn.Module, task: Any, readout: Readout) -> None:
+    def __init__(self, model: nn.Module, readout: Readout) -> None:
         super().__init__()
         self.model = model
-        self.task = task
         self.readout = readout
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
         """(B, T) int64 ids and (B, T) int64 mask (1 = real token) -> the read-out tensors."""
-        return self.readout.compute(self.task, self.model(input_ids, attention_mask.bool()))
+        return self.readout.compute(self.model(input_ids, attention_mask.bool()))
+
+
+def readout_of(restored: Restored) -> Readout:
+    """The task's export read-out, or a clear refusal (e.g. seq2seq generates through a decoding loop)."""
+    readout = restored.task.readout()
+    if readout is None:
+        raise TformerError(f"tformer export does not support task '{restored.config.task.name}': its predictions "
+                           "come from a decoding loop, not one forward pass",
+                           hint="use tformer predict for this task")
+    return readout
 
 
 # ----------------------------------------------------------------------------- formats
@@ -177,15 +162,10 @@ def export(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.atol < 0 or cfg.rtol < 0 or cfg.samples < 2:
         raise TformerError("export needs atol >= 0, rtol >= 0 and samples >= 2",
                            hint=f"got atol={cfg.atol}, rtol={cfg.rtol}, samples={cfg.samples}")
-    from transformer_cli.run import build_model, rebuild_task
-
-    ckpt = load_checkpoint(cfg.ckpt)
-    train_cfg = load_train_config(ckpt.config, source=str(ckpt.path / "config.yaml"))
-    readout = readout_for(train_cfg.task.name)
-    task = rebuild_task(train_cfg, ckpt)
-    model = build_model(train_cfg, ckpt.tokenizer.get_vocab_size(), task)
-    load_weights(model, ckpt.weights, ckpt.path)
-    module = ExportedModel(model, task, readout).eval()
+    restored = restore(cfg.ckpt)
+    ckpt, train_cfg = restored.checkpoint, restored.config
+    readout = readout_of(restored)
+    module = ExportedModel(restored.model, readout).eval()
 
     tokenizer = padding_tokenizer(ckpt.tokenizer)
     texts, pairs, source = sample_texts(cfg, train_cfg)
@@ -206,8 +186,8 @@ def export(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         shutil.copyfile(ckpt.path / name, out / name)
     with torch.no_grad():
         reference = module(*batches[-1])
-    card = describe(cfg, ckpt, train_cfg, task, readout, reference, batches, diffs, source, extra)
-    (out / "export.json").write_text(json.dumps(card, indent=2))
+    card = describe(cfg, restored, readout, reference, batches, diffs, source, extra)
+    write_json(out / "export.json", card)
     worst = max(diffs.values())
     print(f"exported {train_cfg.task.name} model to {path} ({cfg.format}); outputs: "
           + ", ".join(f"{o['name']} ({', '.join(map(str, o['shape']))})" for o in card["outputs"])
@@ -310,13 +290,13 @@ def _mismatch(fmt: str, what: str, ids: Tensor) -> TformerError:
                         "if the difference is rounding; please report it with the checkpoint's config.yaml")
 
 
-def describe(cfg: DictConfig, ckpt: Any, train_cfg: DictConfig, task: Any, readout: Readout,
-             reference: tuple[Tensor, ...], batches: list[tuple[Tensor, Tensor]], diffs: dict[str, float],
-             source: str, extra: dict[str, Any]) -> dict[str, Any]:
+def describe(cfg: DictConfig, restored: Restored, readout: Readout, reference: tuple[Tensor, ...],
+             batches: list[tuple[Tensor, Tensor]], diffs: dict[str, float], source: str,
+             extra: dict[str, Any]) -> dict[str, Any]:
     """export.json: what goes in, what comes out, what the labels are, and how the check went."""
+    ckpt, train_cfg = restored.checkpoint, restored.config
     outputs = [{"name": n, "dtype": str(t.dtype).removeprefix("torch."), "shape": ["batch", *t.shape[1:]]}
                for n, t in zip(readout.names, reference)]
-    state = ckpt.task_state
     card: dict[str, Any] = {
         "format": cfg.format, "model": FORMATS[cfg.format].file, "task": train_cfg.task.name,
         "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
@@ -331,11 +311,6 @@ def describe(cfg: DictConfig, ckpt: Any, train_cfg: DictConfig, task: Any, reado
         "check": {"texts": source, "batch_shapes": [list(ids.shape) for ids, _ in batches],
                   "max_abs_diff": diffs, "atol": cfg.atol, "rtol": cfg.rtol},
         "versions": {"tformer": __version__, "torch": torch.__version__, **extra},
+        **readout.card,  # what the outputs mean: label names, threshold, target scale
     }
-    if "labels" in state:
-        card["labels"] = list(state["labels"])
-    if train_cfg.task.name == "multilabel":
-        card["threshold"] = float(train_cfg.task.threshold)
-    if train_cfg.task.name == "regress":
-        card["target_scale"] = {"mean": state.get("mean"), "std": state.get("std"), "applied": "inside the model"}
     return card

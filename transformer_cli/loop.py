@@ -10,7 +10,6 @@ import contextlib
 import functools
 import logging
 import math
-import random
 import signal
 import sys
 import threading
@@ -18,59 +17,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from transformer_cli.data.batching import Batch, EncodedSplit
+from transformer_cli.device import Precision
 from transformer_cli.distributed import SINGLE, Dist, rank_seed
 from transformer_cli.errors import Preempted, TformerError
 from transformer_cli.losses.base import Loss, LossValue
-from transformer_cli.metrics import METRIC_MODES
-from transformer_cli.tasks.common import Task
+from transformer_cli.rng import rng_state, set_rng_state
+from transformer_cli.tasks.protocol import Task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Precision:
-    """Autocast dtype and gradient scaling for one device."""
-
-    name: str  # fp32 | bf16 | fp16
-    device: torch.device
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """The forward-pass context: autocast for bf16/fp16, nothing for fp32."""
-        if self.name == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.name == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-    def scaler(self) -> torch.amp.GradScaler:
-        """A gradient scaler, active only for fp16."""
-        return torch.amp.GradScaler(self.device.type, enabled=self.name == "fp16")
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; an unavailable cuda is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TformerError(f"trainer.device={name} but CUDA is not available here", hint="use trainer.device=cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise TformerError(f"trainer.device='{name}' is not a device", hint="use auto, cpu, cuda or cuda:N") from err
-
-
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """`auto` -> bf16 on CUDA that supports it, fp32 elsewhere (CPU autocast without native bf16 is slow)."""
-    if name == "auto":
-        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise TformerError("precision fp16 needs a CUDA device", hint="use precision=fp32 or bf16 on CPU")
-    return Precision(name, device)
 
 
 @dataclass
@@ -101,9 +60,7 @@ STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, 
 def compute_loss(model: nn.Module, batch: Batch, task: Task, loss_fn: Loss, precision: Precision) -> tuple[LossValue, Tensor]:
     """Forward one batch and score it: (loss value, raw outputs)."""
     with precision.autocast():
-        # A task may feed the model more than the source (seq2seq: the shifted target).
-        forward = getattr(task, "forward", None)
-        outputs = forward(model, batch) if forward else model(batch.input_ids, batch.mask)
+        outputs = task.forward(model, batch)  # a task may feed the model more than the source (seq2seq)
     return loss_fn(*task.loss_inputs(outputs, batch.targets)), outputs
 
 
@@ -198,11 +155,7 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], task: Task, loss_fn: Lo
         value, outputs = compute_loss(model, batch, task, loss_fn, precision)
         total += value.total.double()
         weight += value.weight.double()
-        observe = getattr(task, "observe", None)  # a task that decodes needs the model and the batch
-        if observe:
-            observe(metrics, model, batch, outputs)
-        else:
-            task.update_metrics(metrics, outputs, batch.targets)
+        task.observe(metrics, model, batch, outputs)  # a task that decodes needs the model and the batch
     model.train(was_training)
     scalars = {"loss": float(total / weight) if weight > 0 else math.nan, **metrics.compute()}
     return scalars, metrics.details()
@@ -247,11 +200,12 @@ class Fitter:
 
     def __init__(self, model: nn.Module, task: Task, loss_fn: Loss, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, precision: Precision, cfg: Any, seed: int,
-                 monitor: str, writer: Any,
+                 monitor: tuple[str, str], writer: Any,
                  on_checkpoint: Callable[[FitState, dict[str, float] | None, bool], str], dist: Dist = SINGLE) -> None:
         self.model, self.task, self.loss_fn = model, task, loss_fn
         self.optimizer, self.scheduler, self.precision = optimizer, scheduler, precision
-        self.cfg, self.seed, self.monitor, self.mode = cfg, seed, monitor, METRIC_MODES[monitor]
+        self.cfg, self.seed = cfg, seed
+        self.monitor, self.mode = monitor  # the validation metric that picks the best checkpoint, max or min
         self.writer, self.on_checkpoint = writer, on_checkpoint
         self.dist = dist
         self.train_model = model  # DistributedDataParallel around `model` while fitting with several processes
@@ -467,32 +421,6 @@ class Fitter:
 def _scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
     """The scheduler's counters (its lambdas are rebuilt from config, not stored)."""
     return {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and CUDA) random states, in checkpointable form."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():  # this process's device only: a resume may see other GPUs or fewer
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what rng_state captured."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
-        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda)  # a list: older checkpoints
 
 
 def _short(rows: list[int], limit: int = 12) -> str:

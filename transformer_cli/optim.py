@@ -179,7 +179,7 @@ SCHEDULES: dict[str, ScheduleSpec] = {
 
 def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
     """The configured optimizer over the model's parameters."""
-    from transformer_cli.config import choose
+    from transformer_cli.errors import choose
 
     spec = choose(OPTIMIZERS, cfg.name, "optimizer")
     if cfg.lr <= 0:

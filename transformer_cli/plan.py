@@ -19,12 +19,13 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from transformer_cli.config import check_train_config
 from transformer_cli.data.batching import EncodedSplit, batch_order
-from transformer_cli.loop import resolve_device, resolve_precision, steps_per_epoch, total_steps
-from transformer_cli.metrics import METRIC_MODES
+from transformer_cli.device import resolve_device, resolve_precision
+from transformer_cli.loop import steps_per_epoch, total_steps
 from transformer_cli.optim import schedule_fn, warmup_steps_of
-from transformer_cli.tasks import TASKS
+from transformer_cli.prepare import prepare_training_data
+from transformer_cli.tasks import monitor_of
+from transformer_cli.validate import check_train_config
 
 PROCESSES = 1  # as planned here; under torchrun trainer.batch_size stays the global batch, split over processes
 BYTES_FP32 = 4
@@ -71,20 +72,18 @@ class Plan:
     memory: dict[str, int]  # bytes, an estimate
     lr: list[float] = field(repr=False)  # learning rate of each optimizer step
     warnings: list[str] = field(default_factory=list)
+    task_line: str = ""  # what the task learned from the data and how it predicts (Task.describe)
 
 
 def make_plan(cfg: DictConfig) -> Plan:
     """Check the config, load and tokenize the data, count parameters, steps, tokens, FLOPs and memory."""
-    from transformer_cli.run import build_model, prepare_training_data
-
     check_train_config(cfg)  # loss fits task, monitor is the task's, sizes agree: before reading any data
-    spec = TASKS[cfg.task.name]
-    monitor = cfg.trainer.monitor or spec.default_monitor
+    monitor, mode = monitor_of(cfg.task.name, cfg.trainer.monitor)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     prep = prepare_training_data(cfg)  # a missing file or column fails here, naming it
     with torch.device("meta"):
-        model = build_model(cfg, prep.tokenizer.get_vocab_size(), prep.task)
+        model = prep.task.build_model(cfg.model, prep.tokenizer.get_vocab_size())
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     embedding = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
     train = prep.splits["train"]
@@ -94,7 +93,7 @@ def make_plan(cfg: DictConfig) -> Plan:
     evaluations = count_evaluations(per_epoch, total, t.eval_every)
     lr = [cfg.optim.lr * f for f in map(schedule_fn(cfg.schedule, total), range(total))]
     plan = Plan(
-        task=cfg.task.name, loss=cfg.loss.name, monitor=monitor, mode=METRIC_MODES[monitor], device=str(device),
+        task=cfg.task.name, loss=cfg.loss.name, monitor=monitor, mode=mode, device=str(device),
         precision=precision.name, examples=prep.sizes, vocab_size=prep.tokenizer.get_vocab_size(),
         parameters=params, embedding_parameters=embedding, steps_per_epoch=per_epoch, total_steps=total,
         epochs=total / max(1, per_epoch), warmup_steps=warmup_of(cfg.schedule, total), evaluations=evaluations,
@@ -106,6 +105,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         + (forward_flops(params - embedding, cfg.model, prep.splits["test"]) if "test" in prep.splits else 0.0),
         memory=memory_estimate(cfg, params, tokens.longest, precision.name), lr=lr)
     plan.warnings = warnings_of(plan, cfg)
+    plan.task_line = prep.task.describe()
     return plan
 
 
@@ -182,9 +182,6 @@ def memory_estimate(cfg: DictConfig, params: int, longest: int, precision: str) 
 def warnings_of(plan: Plan, cfg: DictConfig) -> list[str]:
     """Things that are legal but probably not meant."""
     out = []
-    if plan.task == "seq2seq":
-        out.append("tokens, FLOPs and activation memory count the source side only (the decoder's target "
-                   "tokens and cross-attention are not in this estimate yet); parameters and steps are exact")
     if plan.total_steps == 0:
         out.append("the run takes no optimizer step")
     if plan.warmup_steps >= plan.total_steps > 0:
@@ -215,6 +212,7 @@ def print_plan(plan: Plan, cfg: DictConfig, console: Console | None = None) -> N
     console.print(f"[green]ok[/] loss {plan.loss} fits task {plan.task}; monitor {plan.monitor} "
                   f"({'higher' if plan.mode == 'max' else 'lower'} is better) is one of its metrics; "
                   f"data read: " + ", ".join(f"{k} {v:,}" for k, v in plan.examples.items()))
+    console.print(f"[bold]task[/]: {plan.task_line}")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(justify="right")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transformer_cli.metrics import read_jsonl
+from transformer_cli.writers import read_jsonl
 
 
 def plot_curves(metrics_file: Path, out: Path, monitor: str) -> Path:

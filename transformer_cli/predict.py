@@ -11,10 +11,8 @@ is written beside its destination and renamed into place at the end; stdout rece
 once all of them are ready (the input is held in memory, so `predict` suits files and finite streams).
 Logs go to stderr and the run directory, never to stdout.
 
-Each task turns a batch into records. A task that scores texts (classify, regress, multilabel) has
-`describe(outputs, top_k)`, applied to one forward pass. A task that generates text (seq2seq) provides
-`describe_generation(model, batch)` instead: it runs the model itself (decoding, its own beam setting)
-and returns records such as `{"text": ..., "score": ...}`; nothing else here changes.
+The task turns each batch into records (tasks/protocol.py, `Task.predict`): labels and probabilities,
+a value, or generated text with its score; nothing here depends on which.
 """
 
 from __future__ import annotations
@@ -28,25 +26,23 @@ import logging
 import lzma
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import nn
 
-from transformer_cli.checkpoint import load_checkpoint, load_weights
-from transformer_cli.config import load_train_config
-from transformer_cli.data.batching import Batch, EncodedSplit
+from transformer_cli.data.batching import EncodedSplit
 from transformer_cli.data.tokenize import encode
+from transformer_cli.device import Precision, resolve_device, resolve_precision
 from transformer_cli.errors import TformerError
-from transformer_cli.loop import Precision, resolve_device, resolve_precision
-from transformer_cli.metrics import jsonable
-from transformer_cli.run import build_model, rebuild_task
+from transformer_cli.files import dumps, write_text_atomic
+from transformer_cli.restore import restore
+from transformer_cli.tasks import Task
 
 log = logging.getLogger("tformer")
 
@@ -55,20 +51,6 @@ FORMATS = {".txt": "txt", ".text": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl"
            ".ndjson": "jsonl", ".json": "jsonl"}
 OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 ID_COLUMN = "id"
-
-
-@runtime_checkable
-class Describes(Protocol):
-    """A task that scores texts: one forward pass -> one record per example."""
-
-    def describe(self, outputs: Tensor, top_k: int) -> list[dict[str, Any]]: ...
-
-
-@runtime_checkable
-class Generates(Protocol):
-    """A task that generates text: it runs the model itself and returns one record per example."""
-
-    def describe_generation(self, model: nn.Module, batch: Batch) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -98,32 +80,25 @@ def predict(cfg: DictConfig) -> int:
     """Predict every input of `cfg.input` with the checkpoint and write JSON Lines; returns the count."""
     if cfg.top_k < 0:
         raise TformerError(f"top_k must be 0 or more, got {cfg.top_k}")
-    ckpt = load_checkpoint(cfg.ckpt)
-    train_cfg = load_train_config(ckpt.config, source=str(ckpt.path / "config.yaml"))
-    task = rebuild_task(train_cfg, ckpt)
-    if not isinstance(task, (Generates, Describes)):
-        raise TformerError(f"task '{train_cfg.task.name}' cannot predict yet", hint="use tformer eval")
-    batch_size = cfg.batch_size or train_cfg.trainer.eval_batch_size
-    if batch_size <= 0:
-        raise TformerError(f"batch_size must be positive, got {batch_size}")
+    if cfg.batch_size is not None and cfg.batch_size <= 0:
+        raise TformerError(f"batch_size must be positive, got {cfg.batch_size}")
     output = None if cfg.output == STDIO else Path(cfg.output).expanduser()
     _check_output(output, cfg.input)
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    inputs = read_inputs(cfg.input, cfg.format, Columns(train_cfg.data.text_column, train_cfg.data.text_pair_column))
-    model = build_model(train_cfg, ckpt.tokenizer.get_vocab_size(), task)
-    load_weights(model, ckpt.weights, ckpt.path)
-    model.to(device)
-    ids = encode(ckpt.tokenizer, inputs.texts, inputs.pairs)
-    records = predict_records(model, task, ids, batch_size, precision, cfg.top_k)
+    precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
+    restored = restore(cfg.ckpt)
+    data = restored.config.data
+    inputs = read_inputs(cfg.input, cfg.format, Columns(data.text_column, data.text_pair_column))
+    ids = encode(restored.tokenizer, inputs.texts, inputs.pairs)
+    records = predict_records(restored.model.to(precision.device), restored.task, ids,
+                              cfg.batch_size or restored.config.trainer.eval_batch_size, precision, cfg.top_k)
     lines = [_json_line({ID_COLUMN: i, **r}) for i, r in zip(inputs.ids, records)]
     write_lines(lines, output)
-    log.info("%d predictions from %s (%s) -> %s", len(lines), ckpt.path, _name(cfg.input),
+    log.info("%d predictions from %s (%s) -> %s", len(lines), restored.path, _name(cfg.input),
              output if output is not None else "stdout")
     return len(lines)
 
 
-def predict_records(model: nn.Module, task: Any, ids: list[np.ndarray], batch_size: int, precision: Precision,
+def predict_records(model: nn.Module, task: Task, ids: list[np.ndarray], batch_size: int, precision: Precision,
                     top_k: int) -> list[dict[str, Any]]:
     """One record per example, in input order; batches grouped by length exactly as `eval` groups them."""
     split = EncodedSplit(ids, torch.zeros(len(ids)))  # no targets: predictions only
@@ -132,19 +107,11 @@ def predict_records(model: nn.Module, task: Any, ids: list[np.ndarray], batch_si
     with torch.inference_mode():
         for batch in split.batches(batch_size, shuffle=False, bucket=True):
             batch = batch.to(precision.device)
-            for i, record in zip(batch.index.tolist(), batch_records(task, model, batch, precision, top_k)):
+            with precision.autocast():
+                predicted = task.predict(model, batch, top_k)
+            for i, record in zip(batch.index.tolist(), predicted):
                 records[i] = record
     return records
-
-
-def batch_records(task: Any, model: nn.Module, batch: Batch, precision: Precision, top_k: int) -> list[dict[str, Any]]:
-    """A batch's records: a generating task decodes by itself; any other describes one forward pass."""
-    if isinstance(task, Generates):
-        with precision.autocast():
-            return task.describe_generation(model, batch)
-    with precision.autocast():
-        outputs = model(batch.input_ids, batch.mask)
-    return task.describe(outputs, top_k)
 
 
 # --- reading the input ----------------------------------------------------------------------
@@ -314,16 +281,7 @@ def write_lines(lines: list[str], output: Path | None) -> None:
     if output is None:
         _to_stdout(lines)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; an output is as readable as any file
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(output, "".join(lines))
 
 
 def _to_stdout(lines: list[str]) -> None:
@@ -338,11 +296,4 @@ def _to_stdout(lines: list[str]) -> None:
 
 def _json_line(record: dict[str, Any]) -> str:
     """One strict JSON line (a non-finite number becomes null)."""
-    return json.dumps(jsonable(record), ensure_ascii=False) + "\n"
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return dumps(record, indent=None) + "\n"

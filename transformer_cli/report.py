@@ -1,4 +1,4 @@
-"""Terminal output of results: a rich table of metrics per split; `tformer report`, which compares runs.
+"""`tformer report`, which compares runs.
 
 `tformer report <run dir or sweep dir>` finds every run below the directory (a `summary.json`, or a
 `failed.json` for a job that failed), shows the overrides that differ between them, groups runs whose
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -23,45 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transformer_cli.errors import TformerError
-
-
-def print_results(title: str, results: dict[str, dict[str, Any]], console: Console | None = None) -> None:
-    """One row per split, one column per metric (transposed when there are too many metrics to fit)."""
-    console = console or Console()
-    names = [k for k in next(iter(results.values()), {}) if k != "count"]
-    if len(names) > 6:
-        _print_transposed(title, results, names, console)
-        return
-    table = Table(title=title, title_justify="left")
-    table.add_column("split", style="bold")
-    for name in names:
-        table.add_column(name, justify="right")
-    table.add_column("examples", justify="right")
-    for split, scalars in results.items():
-        cells = [_cell(scalars.get(n)) for n in names]
-        table.add_row(split, *cells, str(scalars.get("count", "")))
-    console.print(table)
-
-
-def _print_transposed(title: str, results: dict[str, dict[str, Any]], names: list[str], console: Console) -> None:
-    """One row per metric, one column per split."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("metric", style="bold")
-    for split in results:
-        table.add_column(split, justify="right")
-    for name in [*names, "count"]:
-        table.add_row(name, *(_cell(scalars.get(name)) for scalars in results.values()))
-    console.print(table)
-
-
-def _cell(value: Any) -> str:
-    """A metric value as a table cell."""
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "" if value is None else str(value)
-
-
-# ----------------------------------------------------------------------------- tformer report
+from transformer_cli.files import read_json
 
 SKIP_PARTS = {"checkpoints", "attempts", ".hydra", ".tformer"}  # never hold runs of their own
 METRICS = ("best", "last", "test", "steps", "wall")  # per-run numbers the configurations aggregate
@@ -224,7 +185,7 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
 
 def last_validation(metrics_file: Path, monitor: str) -> float | None:
     """The monitored metric of the last validation record."""
-    from transformer_cli.metrics import read_jsonl
+    from transformer_cli.writers import read_jsonl
 
     evals = [e for e in read_jsonl(metrics_file) if e.get("event") == "eval" and e.get(monitor) is not None]
     return float(evals[-1][monitor]) if evals else None
@@ -438,7 +399,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except ValueError as err:
         raise TformerError(f"{path} is not valid JSON: {err}") from err
     return data if isinstance(data, dict) else None

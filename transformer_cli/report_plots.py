@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from transformer_cli.metrics import read_jsonl
+from transformer_cli.writers import read_jsonl
 
 if TYPE_CHECKING:
     from transformer_cli.report import ConfigGroup, Report

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transformer_cli.errors import Preempted, TformerError
+from transformer_cli.files import read_json_object, write_json
 
 log = logging.getLogger("tformer")
 
@@ -76,7 +77,7 @@ def _drop(tree: dict[str, Any], path: list[str]) -> None:
 
 def run_fingerprint(run_dir: Path) -> str | None:
     """The fingerprint of a run directory: from its job.json, else from its resolved config.yaml."""
-    job = _read_json(run_dir / "job.json")
+    job = read_json_object(run_dir / "job.json")
     if job and job.get("fingerprint"):
         return str(job["fingerprint"])
     if (run_dir / "config.yaml").is_file():
@@ -126,7 +127,7 @@ def run_job(job: Callable[[], Any], cfg: DictConfig, run_dir: Path,
     if done is not None:
         return _skip(done, run_dir, sweep_dir, entry)
     _set_aside_previous_attempt(run_dir, sweep_dir, resuming=bool(cfg.get("resume")))
-    _write_json(run_dir / "job.json", {"fingerprint": fp, "overrides": overrides, "num": num, "status": "running",
+    write_json(run_dir / "job.json", {"fingerprint": fp, "overrides": overrides, "num": num, "status": "running",
                                        "started": entry["started"]})
     try:
         value = job()
@@ -142,9 +143,9 @@ def run_job(job: Callable[[], Any], cfg: DictConfig, run_dir: Path,
 
 def _skip(done: Path, run_dir: Path, sweep_dir: Path, entry: dict[str, Any]) -> float | None:
     """Reuse a finished run of the same config: no training, its value returned."""
-    value = _finite_or_none((_read_json(done / "summary.json") or {}).get("best_value"))
+    value = _finite_or_none((read_json_object(done / "summary.json") or {}).get("best_value"))
     if done.resolve() != run_dir.resolve():
-        _write_json(run_dir / "skipped.json", {"same_config_as": str(done), "overrides": entry["overrides"]})
+        write_json(run_dir / "skipped.json", {"same_config_as": str(done), "overrides": entry["overrides"]})
     log.info("job %d (%s) already finished in %s: skipped", entry["num"], " ".join(entry["overrides"]), done)
     _ledger(sweep_dir, {**entry, "status": "skipped", "value": value, "dir": str(done), "ended": time.time()})
     return value
@@ -158,7 +159,7 @@ def _fail(err: Exception, run_dir: Path, sweep_dir: Path, entry: dict[str, Any],
               "hint": getattr(err, "hint", None), "overrides": entry["overrides"], "num": entry["num"],
               "fingerprint": fp, "time": time.time(),
               "traceback": None if user_error else traceback.format_exc()}
-    _write_json(run_dir / "failed.json", record)
+    write_json(run_dir / "failed.json", record)
     _update_json(run_dir / "job.json", status="failed", ended=time.time())
     reason = record["message"] if user_error else f"{record['error']}: {record['message']}"
     _ledger(sweep_dir, {**entry, "status": "failed", "value": None, "error": reason, "ended": time.time()})
@@ -210,12 +211,12 @@ def _set_aside_previous_attempt(run_dir: Path, sweep_dir: Path, resuming: bool) 
 
 def _ledger(sweep_dir: Path, entry: dict[str, Any]) -> None:
     """Write this job's line of the sweep ledger."""
-    _write_json(sweep_dir / LEDGER / f"{entry['num']}.json", entry)
+    write_json(sweep_dir / LEDGER / f"{entry['num']}.json", entry)
 
 
 def read_ledger(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every job recorded by the current (or last) invocation of the sweep, by job number."""
-    entries = [_read_json(p) for p in (sweep_dir / LEDGER).glob("*.json")]
+    entries = [read_json_object(p) for p in (sweep_dir / LEDGER).glob("*.json")]
     return sorted((e for e in entries if e), key=lambda e: e["num"])
 
 
@@ -234,7 +235,7 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         entries = read_ledger(sweep_dir)
         failed = [e for e in entries if e["status"] == "failed"]
-        _write_json(sweep_dir / "sweep.json", {"dir": str(sweep_dir), "ended": time.time(), "jobs": entries,
+        write_json(sweep_dir / "sweep.json", {"dir": str(sweep_dir), "ended": time.time(), "jobs": entries,
                                                "failed": len(failed)})
         print_outcome(sweep_dir, entries)
         if failed:
@@ -338,42 +339,21 @@ def job_dir_name(override_dirname: str) -> str:
 
 def direction(monitor: str | None, task: str) -> str:
     """The Optuna direction of a monitored metric (the task's default when monitor is null)."""
-    from transformer_cli.metrics import METRIC_MODES
-    from transformer_cli.tasks import TASKS
+    from transformer_cli.tasks import monitor_of
 
-    if task not in TASKS:
-        raise ValueError(f"unknown task '{task}'")
-    name = monitor or TASKS[task].default_monitor
-    if name not in METRIC_MODES:
-        raise ValueError(f"trainer.monitor='{name}' is not a metric with a direction ({', '.join(METRIC_MODES)})")
-    return "maximize" if METRIC_MODES[name] == "max" else "minimize"
+    try:
+        _, mode = monitor_of(task, monitor)
+    except TformerError as err:  # a resolver reports a ValueError; Hydra names the key
+        raise ValueError(err.message) from err
+    return "maximize" if mode == "max" else "minimize"
 
 
 # ----------------------------------------------------------------------------- small file helpers
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from a file, or None when it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename), so a reader never sees half a record."""
-    from transformer_cli.metrics import jsonable  # here: the CLI imports this module before torch is needed
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(jsonable(data), indent=2, default=str))
-    tmp.replace(path)
-
-
 def _update_json(path: Path, **changes: Any) -> None:
     """Merge changes into a JSON object file."""
-    _write_json(path, {**(_read_json(path) or {}), **changes})
+    write_json(path, {**(read_json_object(path) or {}), **changes})
 
 
 # On import, not only from cli.main: launcher workers (joblib, submitit) resolve job directory names too, and

@@ -19,8 +19,8 @@ from rich.console import Console
 from transformer_cli import __version__
 
 from . import hf, report, runner, seq2seq, workers
-from .flops import model_shape_peak, square_peak, summary
 from .contenders import model_shape
+from .flops import model_shape_peak, square_peak, summary
 from .workload import MODES, Settings, load_workload
 
 DEFAULT_OUT = Path("outputs/bench/bench.json")

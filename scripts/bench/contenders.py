@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_cli.data.batching import Batch
-from transformer_cli.loop import resolve_precision, train_step
+from transformer_cli.device import resolve_precision
+from transformer_cli.loop import train_step
 from transformer_cli.losses import build_loss
-from transformer_cli.model import Encoder, SequenceModel
 from transformer_cli.optim import build_optimizer, build_scheduler
 
 from .flops import ModelShape, batch_flops
@@ -128,9 +128,7 @@ def ours(work: Workload, settings: Settings, bucket: bool = True, pad_to: int | 
     `changes` names proposed changes from what_if.py to apply (none: the shipped step); `compile` is
     trainer.compile=true (torch.compile with dynamic shapes, as the loop does; warm-up pays the compilation)."""
     cfg = work.cfg
-    build = getattr(work.task, "build_model", None)  # seq2seq builds its own encoder-decoder, as in run.py
-    model = (build(cfg.model, work.vocab_size) if build else
-             SequenceModel(Encoder(work.vocab_size, cfg.model), work.task.head(cfg.model.d_model))).train()
+    model = work.task.build_model(cfg.model, work.vocab_size).train()  # as `tformer train` builds it
     loss_fn = build_loss(cfg.loss, work.loss_context)
     optimizer = build_optimizer(cfg.optim, model)
     if changes:

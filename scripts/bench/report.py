@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from transformer_cli.metrics import jsonable
+from transformer_cli.files import jsonable
 
 from .runner import REFERENCE
 

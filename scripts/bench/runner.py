@@ -12,13 +12,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from transformer_cli.data.batching import batch_order
+
 from . import contenders as C
 from . import hf
 from .contenders import Contender, EpochShape, Step
 from .flops import summary
 from .what_if import VARIANTS
-from transformer_cli.data.batching import batch_order
-
 from .workload import Settings, Workload, epoch_batches, padding_fraction
 
 

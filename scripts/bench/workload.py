@@ -11,14 +11,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from transformer_cli.config import conf_dir, register_schemas
+from transformer_cli.config import conf_dir
 from transformer_cli.data.batching import Batch, EncodedSplit, batch_order, collate
 from transformer_cli.data.loading import load_splits
-from transformer_cli.data.tokenize import PAD_ID, encode, train_tokenizer
-from transformer_cli.losses import LOSSES
+from transformer_cli.data.tokenize import PAD_ID, encode
 from transformer_cli.losses.base import LossContext
-from transformer_cli.tasks import TASKS
+from transformer_cli.prepare import learn_task
 from transformer_cli.tasks.common import Task
+from transformer_cli.validate import register_schemas
 
 
 @dataclass(frozen=True)
@@ -108,12 +108,8 @@ def load_workload(settings: Settings, extra: tuple[str, ...] = (), seq2seq: bool
     cfg = compose_config(settings, extra)
     splits = load_splits(cfg.data)
     raw = splits["train"]
-    spec = TASKS[cfg.task.name]
-    loss_kind = next(k for k in LOSSES[cfg.loss.name].targets if k in spec.target_kinds)  # as run.py picks it
-    state = spec.build.fit_state(raw.labels, cfg.task, cfg.data.labels, raw.where.source)
-    task = spec.build(cfg.task, loss_kind, state)
+    task, tokenizer = learn_task(cfg, raw)  # as `tformer train` learns them
     targets = task.encode_targets(raw.labels, raw.where)
-    tokenizer = train_tokenizer(raw.texts + (raw.pairs or []), cfg.data.tokenizer)
     split = EncodedSplit(encode(tokenizer, raw.texts, raw.pairs), targets)
     val = splits["validation"]
     validation = encode(tokenizer, val.texts, val.pairs) if seq2seq else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -48,6 +48,19 @@ class LossContext:
     # "multilabel": (L,) positives per label, with num_examples the number of rows.
     label_counts: Tensor | None = None
     num_examples: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """As JSON (a checkpoint's task.json keeps it, so `auto` weights are the same at eval time)."""
+        counts = None if self.label_counts is None else [int(c) for c in self.label_counts.tolist()]
+        return {"num_outputs": self.num_outputs, "label_counts": counts, "num_examples": self.num_examples}
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> LossContext:
+        """The inverse of to_json."""
+        counts = data.get("label_counts")
+        return LossContext(num_outputs=int(data.get("num_outputs", 1)),
+                           label_counts=None if counts is None else torch.tensor(counts),
+                           num_examples=data.get("num_examples"))
 
 
 @dataclass(frozen=True)

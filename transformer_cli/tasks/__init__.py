@@ -1,48 +1,90 @@
-"""The task table: each task names its head, its targets, its natural loss and its metrics."""
+"""The task table: each task names its schema, how it is built, what its losses consume and its metrics.
+
+Adding a task is one file in tasks/ (a class implementing tasks/protocol.py's Task), one YAML in
+conf/task/ and one entry here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from transformer_cli.tasks.classify import ClassifyConfig, ClassifyTask
-from transformer_cli.tasks.multilabel import MultiLabelConfig, MultiLabelTask
-from transformer_cli.tasks.regress import RegressConfig, RegressTask
-from transformer_cli.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask
+from transformer_cli.errors import TformerError, choose
+from transformer_cli.losses import LOSSES
+from transformer_cli.tasks import classify, multilabel, regress, seq2seq
+from transformer_cli.tasks.protocol import Task
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: its config schema, the class that does its work, and what it offers."""
+    """One task: its config schema, how it learns its state from the training targets and is built from it."""
 
     schema: type
-    build: Callable[..., Any]
+    fit_state: Callable[[Sequence[Any], Any, list[str] | None, str], dict[str, Any]]  # (values, cfg, labels, source)
+    build: Callable[[Any, str, dict[str, Any]], Task]  # (task cfg, loss kind, state) -> the task
     target_kinds: tuple[str, ...]  # what its losses may consume (see losses/base.py)
     natural_loss: str  # the loss used when none is given
-    metric_names: tuple[str, ...]  # validation metrics it reports (any can be monitored)
+    metrics: dict[str, str]  # validation metric -> "max" or "min" (which way is better); any can be monitored
     default_monitor: str
     summary: str
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The validation metrics the task reports."""
+        return tuple(self.metrics)
 
 
 TASKS: dict[str, TaskSpec] = {
     "classify": TaskSpec(
-        ClassifyConfig, ClassifyTask, ("index", "binary"), "ce",
-        ("loss", "accuracy", "macro_f1", "mcc"), "accuracy",
-        "single-label classification of a text or a text pair",
+        classify.ClassifyConfig, classify.ClassifyTask.fit_state, classify.ClassifyTask, ("index", "binary"), "ce",
+        classify.METRICS, "accuracy", "single-label classification of a text or a text pair",
     ),
     "regress": TaskSpec(
-        RegressConfig, RegressTask, ("real",), "mse",
-        ("loss", "mse", "rmse", "mae", "r2", "pearson", "spearman"), "rmse",
-        "one real-valued target per text or text pair",
+        regress.RegressConfig, regress.RegressTask.fit_state, regress.RegressTask, ("real",), "mse",
+        regress.METRICS, "rmse", "one real-valued target per text or text pair",
     ),
     "multilabel": TaskSpec(
-        MultiLabelConfig, MultiLabelTask, ("multilabel",), "bce",
-        ("loss", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"), "micro_f1",
+        multilabel.MultiLabelConfig, multilabel.MultiLabelTask.fit_state, multilabel.MultiLabelTask,
+        ("multilabel",), "bce", multilabel.METRICS, "micro_f1",
         "any number of labels per text (per-label binary decisions)",
     ),
     "seq2seq": TaskSpec(
-        Seq2SeqConfig, Seq2SeqTask, ("index",), "ce",
-        ("loss", "token_accuracy", "perplexity", "bleu", "chrf", "exact_match", "wer", "per"), "bleu",
+        seq2seq.Seq2SeqConfig, seq2seq.Seq2SeqTask.fit_state, seq2seq.Seq2SeqTask, ("index",), "ce",
+        seq2seq.METRICS, "bleu",
         "text to text with an encoder-decoder (translation, grapheme-to-phoneme), beam search",
     ),
 }
+
+
+def target_kind(task: str, loss: str) -> str:
+    """What `loss` will consume from `task`: the first of the loss's target kinds that the task produces."""
+    spec = choose(TASKS, task, "task")
+    loss_spec = choose(LOSSES, loss, "loss")
+    for kind in loss_spec.targets:
+        if kind in spec.target_kinds:
+            return kind
+    fitting = sorted(n for n, s in LOSSES.items() if set(s.targets) & set(spec.target_kinds))
+    fitting.sort(key=lambda n: n != spec.natural_loss)  # the task's natural loss first
+    raise TformerError(
+        f"loss '{loss}' does not fit task '{task}': it expects {'/'.join(loss_spec.targets)} targets, "
+        f"the task produces {'/'.join(spec.target_kinds)}",
+        hint=f"losses that fit task={task}: {', '.join(fitting)} (e.g. loss={fitting[0]})",
+    )
+
+
+def monitor_of(task: str, monitor: str | None) -> tuple[str, str]:
+    """The monitored validation metric (the task's default when none is set) and its direction, max or min."""
+    spec = choose(TASKS, task, "task")
+    name = monitor or spec.default_monitor
+    if name not in spec.metrics:
+        raise TformerError(f"trainer.monitor='{name}' is not a metric of task '{task}'",
+                           hint=f"choose one of: {', '.join(spec.metric_names)}")
+    return name, spec.metrics[name]
+
+
+def build_task(task_cfg: Any, loss_name: str, state: dict[str, Any]) -> Task:
+    """The task of a config, from the state it learned on the training data (or a checkpoint's task.json)."""
+    return choose(TASKS, task_cfg.name, "task").build(task_cfg, target_kind(task_cfg.name, loss_name), state)
+
+
+__all__ = ["TASKS", "Task", "TaskSpec", "build_task", "monitor_of", "target_kind"]

@@ -8,11 +8,27 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from transformer_cli.data.batching import Batch
 from transformer_cli.errors import TformerError
 from transformer_cli.heads import SequenceHead
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import ClassificationMetrics
-from transformer_cli.tasks.common import Where, check_label_set, is_missing, label_key, sorted_labels, unknown_label
+from transformer_cli.model import SequenceModel
+from transformer_cli.tasks.common import (
+    Where,
+    check_label_set,
+    is_missing,
+    label_key,
+    sequence_forward,
+    sequence_model,
+    sorted_labels,
+    top_k_records,
+    unknown_label,
+)
+from transformer_cli.tasks.protocol import Readout
+
+# Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
+METRICS = {"loss": "min", "accuracy": "max", "macro_f1": "max", "mcc": "max"}
 
 
 @dataclass
@@ -49,10 +65,11 @@ class ClassifyTask:
         """Width of the head: one logit for a binary loss, else one per class."""
         return 1 if self.loss_kind == "binary" else len(self.labels)
 
-    def head(self, d_model: int) -> nn.Module:
-        """The classification head."""
-        return SequenceHead(d_model, self.num_outputs, self.cfg.pooling, self.cfg.head_dropout,
+    def build_model(self, model_cfg: Any, vocab_size: int) -> SequenceModel:
+        """The encoder and a classification head."""
+        head = SequenceHead(model_cfg.d_model, self.num_outputs, self.cfg.pooling, self.cfg.head_dropout,
                             squeeze=self.loss_kind == "binary")
+        return sequence_model(model_cfg, vocab_size, head)
 
     def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
         """Label values -> (N,) int64 class indices; an unknown or missing label is an error."""
@@ -69,6 +86,10 @@ class ClassifyTask:
         counts = torch.bincount(targets, minlength=len(self.labels))
         return LossContext(num_outputs=self.num_outputs, label_counts=counts, num_examples=len(targets))
 
+    def forward(self, model: nn.Module, batch: Batch) -> Tensor:
+        """(B, C) logits, or (B,) with a binary loss."""
+        return sequence_forward(model, batch)
+
     def loss_inputs(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """What the loss sees: (B, C) logits and indices, or (B,) logits and 0/1 floats."""
         if self.loss_kind == "binary":
@@ -82,33 +103,51 @@ class ClassifyTask:
             return torch.stack([1 - p, p], dim=-1)
         return torch.softmax(outputs.float(), dim=-1)
 
-    def predict(self, outputs: Tensor) -> Tensor:
+    def decide(self, outputs: Tensor) -> Tensor:
         """(B,) predicted class indices."""
         if self.loss_kind == "binary":
             return (outputs > 0).long()
         return outputs.argmax(-1)
 
-    def describe(self, outputs: Tensor, top_k: int) -> list[dict[str, Any]]:
-        """One prediction record per example: the label, every label's probability, the k most probable."""
-        probs = self.probabilities(outputs).cpu()  # (B, C)
-        chosen = self.predict(outputs).cpu().tolist()
-        ranked = probs.argsort(dim=-1, descending=True, stable=True)[:, :top_k].tolist()  # (B, k)
-        records = []
-        for row, label, best in zip(probs.tolist(), chosen, ranked):
-            record = {"label": self.labels[label], "probability": row[label],
-                      "probabilities": dict(zip(self.labels, row))}
-            if top_k:
-                record["top_k"] = [{"label": self.labels[c], "probability": row[c]} for c in best]
-            records.append(record)
-        return records
-
     def new_metrics(self) -> ClassificationMetrics:
         """Fresh streaming metrics."""
         return ClassificationMetrics(len(self.labels), self.labels)
 
-    def update_metrics(self, metrics: ClassificationMetrics, outputs: Tensor, targets: Tensor) -> None:
-        """Add one batch of predictions."""
-        metrics.update(self.predict(outputs).cpu(), targets.cpu())
+    def observe(self, metrics: ClassificationMetrics, model: nn.Module, batch: Batch, outputs: Tensor) -> None:
+        """Add one batch of predicted classes."""
+        metrics.update(self.decide(outputs).cpu(), batch.targets.cpu())
+
+    def predict(self, model: nn.Module, batch: Batch, top_k: int) -> list[dict[str, Any]]:
+        """One record per example: the label, every label's probability, the k most probable."""
+        return self.records(self.forward(model, batch), top_k)
+
+    def records(self, outputs: Tensor, top_k: int) -> list[dict[str, Any]]:
+        """Prediction records from raw outputs (see predict)."""
+        probs = self.probabilities(outputs).cpu()  # (B, C)
+        chosen = self.decide(outputs).cpu().tolist()
+        best = top_k_records(probs, self.labels, top_k)
+        records = []
+        for row, label, top in zip(probs.tolist(), chosen, best):
+            record = {"label": self.labels[label], "probability": row[label],
+                      "probabilities": dict(zip(self.labels, row))}
+            if top_k:
+                record["top_k"] = top
+            records.append(record)
+        return records
+
+    def readout(self) -> Readout:
+        """Exported outputs: the logits and the class probabilities."""
+        return Readout(("logits", "probabilities"), lambda out: (out, self.probabilities(out)),
+                       {"labels": list(self.labels)})
+
+    def final_decoding(self) -> None:
+        """Nothing to switch: every evaluation scores every example."""
+
+    def describe(self) -> str:
+        """Classes, pooling and head width, for `tformer plan`."""
+        shown = ", ".join(self.labels[:8]) + (", ..." if len(self.labels) > 8 else "")
+        width = "one logit (binary loss)" if self.loss_kind == "binary" else f"{self.num_outputs} logits"
+        return f"{len(self.labels)} classes ({shown}); {self.cfg.pooling} pooling, {width}"
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint must keep to rebuild this task."""

@@ -1,14 +1,16 @@
-"""Pieces the task files share: label sets, error locations, the task protocol."""
+"""Pieces the task files share: error locations, label sets, and the encoder-plus-head model."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 from torch import Tensor, nn
 
+from transformer_cli.data.batching import Batch
 from transformer_cli.errors import TformerError
-from transformer_cli.losses.base import LossContext
+from transformer_cli.heads import SequenceHead
+from transformer_cli.model import Encoder, SequenceModel
 
 
 @dataclass(frozen=True)
@@ -26,20 +28,6 @@ class Where:
     def at(self, i: int) -> str:
         """A human description of value i's location."""
         return f"row {self.row(i)} of the {self.split} split ({self.source})"
-
-
-class Task(Protocol):
-    """What run.py and loop.py need from a task."""
-
-    loss_kind: str
-
-    def head(self, d_model: int) -> nn.Module: ...
-    def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor: ...
-    def loss_context(self, targets: Tensor) -> LossContext: ...
-    def loss_inputs(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]: ...
-    def new_metrics(self) -> Any: ...
-    def update_metrics(self, metrics: Any, outputs: Tensor, targets: Tensor) -> None: ...
-    def state(self) -> dict[str, Any]: ...
 
 
 def is_missing(value: Any) -> bool:
@@ -83,3 +71,20 @@ def unknown_label(value: Any, where: Where, i: int, labels: list[str]) -> Tforme
         f"label {value!r} at {where.at(i)} is not one of the {len(labels)} known labels: {shown}",
         hint="fix that row, or list every label in data.labels=[...]",
     )
+
+
+def sequence_model(model_cfg: Any, vocab_size: int, head: SequenceHead) -> SequenceModel:
+    """The encoder over the input vocabulary, topped by one pooling head (classify, regress, multilabel)."""
+    return SequenceModel(Encoder(vocab_size, model_cfg), head)
+
+
+def sequence_forward(model: nn.Module, batch: Batch) -> Tensor:
+    """An encoder-plus-head model on a batch: ids and mask in, the head's outputs out."""
+    return model(batch.input_ids, batch.mask)
+
+
+def top_k_records(probs: Tensor, labels: list[str], top_k: int) -> list[list[dict[str, Any]]]:
+    """Per example, the k most probable labels with their probabilities; probs is (B, C) on the CPU."""
+    ranked = probs.argsort(dim=-1, descending=True, stable=True)[:, :top_k].tolist()  # (B, k)
+    rows = probs.tolist()
+    return [[{"label": labels[c], "probability": row[c]} for c in best] for row, best in zip(rows, ranked)]

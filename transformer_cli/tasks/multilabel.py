@@ -9,11 +9,27 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from transformer_cli.data.batching import Batch
 from transformer_cli.errors import TformerError
 from transformer_cli.heads import SequenceHead
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import MultiLabelMetrics
-from transformer_cli.tasks.common import Where, check_label_set, is_missing, label_key, sorted_labels, unknown_label
+from transformer_cli.model import SequenceModel
+from transformer_cli.tasks.common import (
+    Where,
+    check_label_set,
+    is_missing,
+    label_key,
+    sequence_forward,
+    sequence_model,
+    sorted_labels,
+    top_k_records,
+    unknown_label,
+)
+from transformer_cli.tasks.protocol import Readout
+
+# Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
+METRICS = {"loss": "min", "micro_f1": "max", "macro_f1": "max", "subset_accuracy": "max", "hamming_loss": "min"}
 
 
 @dataclass
@@ -62,9 +78,10 @@ class MultiLabelTask:
         seen = {name for v in values for name in split_labels(v, cfg.separator)}
         return {"labels": check_label_set(sorted_labels(seen), source)}
 
-    def head(self, d_model: int) -> nn.Module:
-        """One logit per label."""
-        return SequenceHead(d_model, len(self.labels), self.cfg.pooling, self.cfg.head_dropout, squeeze=False)
+    def build_model(self, model_cfg: Any, vocab_size: int) -> SequenceModel:
+        """The encoder and one logit per label."""
+        head = SequenceHead(model_cfg.d_model, len(self.labels), self.cfg.pooling, self.cfg.head_dropout, squeeze=False)
+        return sequence_model(model_cfg, vocab_size, head)
 
     def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
         """Label cells -> (N, L) float 0/1; an unknown label is an error."""
@@ -89,32 +106,53 @@ class MultiLabelTask:
         """(B, L) independent label probabilities."""
         return torch.sigmoid(outputs.float())
 
-    def predict(self, outputs: Tensor) -> Tensor:
+    def forward(self, model: nn.Module, batch: Batch) -> Tensor:
+        """(B, L) logits."""
+        return sequence_forward(model, batch)
+
+    def decide(self, outputs: Tensor) -> Tensor:
         """(B, L) 0/1 decisions."""
         return (self.probabilities(outputs) > self.cfg.threshold).long()
-
-    def describe(self, outputs: Tensor, top_k: int) -> list[dict[str, Any]]:
-        """One prediction record per example: the labels past the threshold, every label's probability,
-        and the k most probable."""
-        probs = self.probabilities(outputs).cpu()  # (B, L)
-        chosen = self.predict(outputs).cpu().tolist()
-        ranked = probs.argsort(dim=-1, descending=True, stable=True)[:, :top_k].tolist()  # (B, k)
-        records = []
-        for row, flags, best in zip(probs.tolist(), chosen, ranked):
-            record: dict[str, Any] = {"labels": [name for name, on in zip(self.labels, flags) if on],
-                                      "probabilities": dict(zip(self.labels, row))}
-            if top_k:
-                record["top_k"] = [{"label": self.labels[c], "probability": row[c]} for c in best]
-            records.append(record)
-        return records
 
     def new_metrics(self) -> MultiLabelMetrics:
         """Fresh streaming metrics."""
         return MultiLabelMetrics(len(self.labels), self.labels)
 
-    def update_metrics(self, metrics: MultiLabelMetrics, outputs: Tensor, targets: Tensor) -> None:
+    def observe(self, metrics: MultiLabelMetrics, model: nn.Module, batch: Batch, outputs: Tensor) -> None:
         """Add one batch of decisions."""
-        metrics.update(self.predict(outputs).cpu(), targets.long().cpu())
+        metrics.update(self.decide(outputs).cpu(), batch.targets.long().cpu())
+
+    def predict(self, model: nn.Module, batch: Batch, top_k: int) -> list[dict[str, Any]]:
+        """One record per example: the labels past the threshold, every label's probability, the k most probable."""
+        return self.records(self.forward(model, batch), top_k)
+
+    def records(self, outputs: Tensor, top_k: int) -> list[dict[str, Any]]:
+        """Prediction records from raw outputs (see predict)."""
+        probs = self.probabilities(outputs).cpu()  # (B, L)
+        chosen = self.decide(outputs).cpu().tolist()
+        best = top_k_records(probs, self.labels, top_k)
+        records = []
+        for row, flags, top in zip(probs.tolist(), chosen, best):
+            record: dict[str, Any] = {"labels": [name for name, on in zip(self.labels, flags) if on],
+                                      "probabilities": dict(zip(self.labels, row))}
+            if top_k:
+                record["top_k"] = top
+            records.append(record)
+        return records
+
+    def readout(self) -> Readout:
+        """Exported outputs: the logits and the independent label probabilities."""
+        return Readout(("logits", "probabilities"), lambda out: (out, self.probabilities(out)),
+                       {"labels": list(self.labels), "threshold": float(self.cfg.threshold)})
+
+    def final_decoding(self) -> None:
+        """Nothing to switch: every evaluation scores every example."""
+
+    def describe(self) -> str:
+        """Labels, threshold and pooling, for `tformer plan`."""
+        shown = ", ".join(self.labels[:8]) + (", ..." if len(self.labels) > 8 else "")
+        return (f"{len(self.labels)} labels ({shown}), each predicted when its probability passes "
+                f"{self.cfg.threshold:g}; {self.cfg.pooling} pooling")
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint must keep to rebuild this task."""

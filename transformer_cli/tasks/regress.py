@@ -9,11 +9,17 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from transformer_cli.data.batching import Batch
 from transformer_cli.errors import TformerError
 from transformer_cli.heads import SequenceHead
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import RegressionMetrics
-from transformer_cli.tasks.common import Where
+from transformer_cli.model import SequenceModel
+from transformer_cli.tasks.common import Where, sequence_forward, sequence_model
+from transformer_cli.tasks.protocol import Readout
+
+# Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
+METRICS = {"loss": "min", "mse": "min", "rmse": "min", "mae": "min", "r2": "max", "pearson": "max", "spearman": "max"}
 
 
 @dataclass
@@ -48,9 +54,10 @@ class RegressTask:
         std = float(t.std())
         return {"mean": float(t.mean()), "std": std if std > 0 else 1.0}
 
-    def head(self, d_model: int) -> nn.Module:
-        """One output per example."""
-        return SequenceHead(d_model, 1, self.cfg.pooling, self.cfg.head_dropout, squeeze=True)
+    def build_model(self, model_cfg: Any, vocab_size: int) -> SequenceModel:
+        """The encoder and a one-output head."""
+        head = SequenceHead(model_cfg.d_model, 1, self.cfg.pooling, self.cfg.head_dropout, squeeze=True)
+        return sequence_model(model_cfg, vocab_size, head)
 
     def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
         """Values -> (N,) float32 standardised targets; a missing, non-numeric or non-finite value is an error."""
@@ -69,25 +76,43 @@ class RegressTask:
         """Regression losses need only the output width."""
         return LossContext(num_outputs=1, num_examples=len(targets))
 
+    def forward(self, model: nn.Module, batch: Batch) -> Tensor:
+        """(B,) standardised predictions."""
+        return sequence_forward(model, batch)
+
     def loss_inputs(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """(B,) predictions and (B,) targets, both standardised, in float32."""
         return outputs.float(), targets.float()
 
-    def predict(self, outputs: Tensor) -> Tensor:
-        """(B,) predictions on the original target scale."""
-        return outputs.double() * self.std + self.mean
-
-    def describe(self, outputs: Tensor, top_k: int) -> list[dict[str, Any]]:
-        """One prediction record per example: the value on the original target scale (top_k does not apply)."""
-        return [{"value": value} for value in self.predict(outputs).cpu().tolist()]
+    def original_scale(self, values: Tensor) -> Tensor:
+        """Standardised values -> the targets' own scale, in float64."""
+        return values.double() * self.std + self.mean
 
     def new_metrics(self) -> RegressionMetrics:
         """Fresh streaming metrics."""
         return RegressionMetrics()
 
-    def update_metrics(self, metrics: RegressionMetrics, outputs: Tensor, targets: Tensor) -> None:
-        """Add one batch, both sides on the original scale."""
-        metrics.update(self.predict(outputs).cpu(), (targets.double() * self.std + self.mean).cpu())
+    def observe(self, metrics: RegressionMetrics, model: nn.Module, batch: Batch, outputs: Tensor) -> None:
+        """Add one batch, predictions and targets both on the original scale."""
+        metrics.update(self.original_scale(outputs).cpu(), self.original_scale(batch.targets).cpu())
+
+    def predict(self, model: nn.Module, batch: Batch, top_k: int) -> list[dict[str, Any]]:
+        """One record per example: the value on the original target scale (top_k does not apply)."""
+        return [{"value": value} for value in self.original_scale(self.forward(model, batch)).cpu().tolist()]
+
+    def readout(self) -> Readout:
+        """Exported output: the prediction on the original target scale (the un-scaling is in the graph)."""
+        return Readout(("prediction",), lambda out: (out.float() * self.std + self.mean,),
+                       {"target_scale": {"mean": self.mean, "std": self.std, "applied": "inside the model"}})
+
+    def final_decoding(self) -> None:
+        """Nothing to switch: every evaluation scores every example."""
+
+    def describe(self) -> str:
+        """Target scaling and pooling, for `tformer plan`."""
+        scale = (f"targets standardised (mean {self.mean:.4g}, std {self.std:.4g}), metrics on their own scale"
+                 if self.cfg.standardize else "targets as they are")
+        return f"one value per example; {scale}; {self.cfg.pooling} pooling"
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint must keep to rebuild this task."""

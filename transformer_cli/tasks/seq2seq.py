@@ -24,6 +24,11 @@ from transformer_cli.model import Seq2SeqModel
 from transformer_cli.tasks.common import Where, is_missing
 
 IGNORE = -100  # label of padding positions; the loss's ignore_index must be this value
+# Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
+METRICS = {"loss": "min", "token_accuracy": "max", "perplexity": "min", "bleu": "max", "chrf": "max",
+           "exact_match": "max",
+           "wer": "min",  # fraction of outputs with any error (G2P's word error rate)
+           "per": "min"}  # edit distance over space-separated units / reference units (G2P's phoneme error rate)
 
 
 @dataclass
@@ -57,7 +62,7 @@ class Seq2SeqTask:
         except Exception as err:
             raise TformerError(f"cannot read the target tokenizer of this task: {err}") from err
         self.bos, self.eos = self.tokenizer.token_to_id(BOS), self.tokenizer.token_to_id(EOS)
-        self.decode_every: int = max(1, cfg.eval_decode_every)  # run.py sets 1 for final evaluations
+        self.decode_every: int = max(1, cfg.eval_decode_every)  # final_decoding() sets 1
         self.beam: int = cfg.eval_beam_size
 
     @staticmethod
@@ -75,13 +80,9 @@ class Seq2SeqTask:
         """Size of the target vocabulary."""
         return self.tokenizer.get_vocab_size()
 
-    def build_model(self, model_cfg: Any, src_vocab: int) -> Seq2SeqModel:
-        """The encoder-decoder (the task replaces the classification head)."""
-        return Seq2SeqModel(src_vocab, self.vocab_size, model_cfg)
-
-    def head(self, d_model: int) -> nn.Module:
-        """Seq2seq has no pooling head; build_model makes the whole model."""
-        raise TformerError("task=seq2seq builds an encoder-decoder, not a head")
+    def build_model(self, model_cfg: Any, vocab_size: int) -> Seq2SeqModel:
+        """The encoder-decoder: source vocabulary in, target vocabulary out."""
+        return Seq2SeqModel(vocab_size, self.vocab_size, model_cfg)
 
     def encode_targets(self, values: Sequence[Any], where: Where) -> list[np.ndarray]:
         """Target texts -> one [BOS] ... [EOS] id array per example; a missing target is an error."""
@@ -107,13 +108,9 @@ class Seq2SeqTask:
         """Fresh token and text metrics."""
         return Seq2SeqMetrics()
 
-    def update_metrics(self, metrics: Seq2SeqMetrics, outputs: Tensor, targets: Tensor) -> None:
-        """Teacher-forced token accuracy and perplexity of one batch."""
-        metrics.update_tokens(*self.loss_inputs(outputs, targets), ignore_index=IGNORE)
-
     def observe(self, metrics: Seq2SeqMetrics, model: nn.Module, batch: Batch, outputs: Tensor) -> None:
         """Token metrics, then decode the batch (every k-th example while training) for the text metrics."""
-        self.update_metrics(metrics, outputs, batch.targets)
+        metrics.update_tokens(*self.loss_inputs(outputs, batch.targets), ignore_index=IGNORE)
         keep = batch.index % self.decode_every == 0  # (B,) a sample spread over lengths, not the shortest
         if not bool(keep.any()):
             return
@@ -140,16 +137,28 @@ class Seq2SeqTask:
         """Token ids -> text, without special tokens or padding."""
         return self.tokenizer.decode([i for i in ids if i != PAD_ID], skip_special_tokens=True)
 
-    def describe_generation(self, model: nn.Module, batch: Batch, beam: int | None = None) -> list[dict[str, Any]]:
-        """Prediction records: the generated text, its log-probability and per-token average."""
-        hyps = self.generate(model, batch.input_ids, batch.mask, beam or self.cfg.beam_size)
+    def predict(self, model: nn.Module, batch: Batch, top_k: int) -> list[dict[str, Any]]:
+        """One record per source: the generated text, its log-probability and per-token average (top_k does
+        not apply); decoded with the task's beam_size."""
+        hyps = self.generate(model, batch.input_ids, batch.mask, self.cfg.beam_size)
         return [{"text": self.decode(h.tokens), "score": h.score,
                  "score_per_token": h.score / max(1, len(h.tokens) + 1)} for h in hyps]
 
-    def use_final_decoding(self) -> None:
-        """Decode every example with the full beam (final evaluation, eval, predict)."""
+    def readout(self) -> None:
+        """Generation is a loop over decoder steps, not one forward pass: no single-graph export."""
+        return None
+
+    def final_decoding(self) -> None:
+        """Decode every example with the full beam (final evaluation, eval)."""
         self.decode_every = 1
         self.beam = self.cfg.beam_size
+
+    def describe(self) -> str:
+        """Target vocabulary and decoding, for `tformer plan`."""
+        return (f"target vocabulary {self.vocab_size:,} subwords; decoding with beam {self.cfg.beam_size} "
+                f"(evaluations during training: beam {self.cfg.eval_beam_size}, every "
+                f"{max(1, self.cfg.eval_decode_every)}-th example); the token, FLOP and activation-memory counts "
+                "below cover the source side only")
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint must keep to rebuild this task."""

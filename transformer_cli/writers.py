@@ -1,7 +1,7 @@
 """Metric writers a run sends its records to: JSON Lines and CSV always, TensorBoard when configured.
 
 Every writer takes the loop's flat records (`{"event": "train", "split": "train", "step": 50, "loss": ...}`)
-through the interface of metrics.JsonlWriter: `write(record)`, `close()`, and use as a context manager.
+through one interface: `write(record)`, `close()`, and use as a context manager.
 `open_writers` builds the set a run's `logger` config asks for and hands back one writer that feeds them all.
 """
 
@@ -17,9 +17,8 @@ from typing import IO, Any, Callable, Protocol, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from transformer_cli.config import choose
-from transformer_cli.errors import TformerError
-from transformer_cli.metrics import JsonlWriter, jsonable, read_jsonl
+from transformer_cli.errors import TformerError, choose
+from transformer_cli.files import jsonable
 
 # Keys that place or count a record rather than measure something: not plotted as TensorBoard scalars.
 NOT_SCALARS = ("event", "split", "step", "time", "epoch", "count")
@@ -31,6 +30,77 @@ class Writer(Protocol):
     def write(self, record: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class JsonlWriter:
+    """Appends one JSON object per line and flushes each, so a killed run keeps every line written.
+
+    Values are made strictly valid JSON: torch / numpy scalars and arrays become Python numbers and
+    lists, and non-finite floats (NaN, +-inf) are written as ``null`` (read back as ``None``).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append record as one line and flush it to the OS."""
+        if self._file is None:
+            raise ValueError(f"JsonlWriter for {self.path} is closed")
+        line = json.dumps(jsonable(record), allow_nan=False)
+        self._file.write(line + "\n")
+        self._file.flush()  # the OS keeps the line if the process dies; no fsync per step
+
+    def close(self) -> None:
+        """Close the file; closing twice is harmless."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every record of a JSONL file; a half-written last line (run killed mid-write) is dropped."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.split("\n")  # the piece after the final "\n" is "" for a cleanly ended file
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # no trailing newline: the write was cut short
+                break
+            raise TformerError(f"{path}:{number} is not valid JSON: {err.msg}") from err
+    return records
+
+
+class NullWriter:
+    """The writer of processes that do not write (ranks other than 0): records are dropped."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Drop the record."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def __enter__(self) -> NullWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class CsvWriter:

@@ -1,0 +1,65 @@
+"""The training data made ready for a model: splits loaded, the task and vocabulary learned, all encoded.
+
+The label set (or target scaling, or target vocabulary) and the input tokenizer are learned on the
+training split, or taken from the checkpoint a run resumes. `tformer train` and `tformer plan` both
+prepare data here, so a plan counts exactly the examples and tokens the training will see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+from tokenizers import Tokenizer
+
+from transformer_cli.data.batching import EncodedSplit
+from transformer_cli.data.loading import RawSplit, load_splits
+from transformer_cli.data.tokenize import encode, train_tokenizer
+from transformer_cli.distributed import SINGLE, Dist
+from transformer_cli.losses.base import LossContext
+from transformer_cli.restore import Restored
+from transformer_cli.tasks import TASKS, Task, build_task
+
+
+@dataclass
+class Prepared:
+    """Data, task and tokenizer ready for a model."""
+
+    task: Task
+    splits: dict[str, EncodedSplit]
+    sizes: dict[str, int]
+    tokenizer: Tokenizer
+    loss_context: LossContext
+
+
+def prepare_training_data(cfg: DictConfig, resumed: Restored | None = None, dist: Dist = SINGLE) -> Prepared:
+    """Load splits, learn the task state and vocabulary on train (or take them from `resumed`), encode.
+
+    With several processes rank 0 fetches the data first (one download into the cache) and learns the label
+    set and vocabulary; the other ranks receive them, so every rank encodes with the same ones."""
+    with dist.main_first():
+        raw = load_splits(cfg.data)
+    if resumed is not None:
+        task, tokenizer = resumed.task, resumed.tokenizer
+    else:
+        task, tokenizer = learn_task(cfg, raw["train"], dist)
+    targets = {name: task.encode_targets(split.labels, split.where) for name, split in raw.items()}
+    splits = {name: EncodedSplit(encode(tokenizer, s.texts, s.pairs), targets[name]) for name, s in raw.items()}
+    return Prepared(task=task, splits=splits, sizes={k: len(v) for k, v in raw.items()}, tokenizer=tokenizer,
+                    loss_context=task.loss_context(targets["train"]))
+
+
+def learn_task(cfg: DictConfig, train: RawSplit, dist: Dist = SINGLE) -> tuple[Task, Tokenizer]:
+    """The task and the input tokenizer, learned from the training split (on rank 0, shared with the rest)."""
+    state, tokenizer = _fit_vocabularies(cfg, train) if dist.is_main else (None, None)
+    if dist.enabled:  # every rank encodes with rank 0's label set and vocabulary
+        state, vocab = dist.broadcast((state, tokenizer.to_str() if dist.is_main else None))
+        tokenizer = Tokenizer.from_str(vocab)
+    return build_task(cfg.task, cfg.loss.name, state), tokenizer
+
+
+def _fit_vocabularies(cfg: DictConfig, train: RawSplit) -> tuple[dict[str, Any], Tokenizer]:
+    """The task's state (labels, target scaling or vocabulary) and the input tokenizer, learned on train."""
+    state = TASKS[cfg.task.name].fit_state(train.labels, cfg.task, cfg.data.labels, train.where.source)
+    return state, train_tokenizer(train.texts + (train.pairs or []), cfg.data.tokenizer)
