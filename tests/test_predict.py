@@ -235,7 +235,7 @@ def multilabel_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_classify_file_matches_eval(classify_run: Path, tmp_path: Path) -> None:
     """Predictions on the test rows reproduce the accuracy `train` reported for its best checkpoint."""
-    from transformer_cli.data.sources import prepare_builtin
+    from transformer_cli.data.builtin import prepare_builtin
 
     with open(prepare_builtin("rotten_tomatoes")["test"], encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))[:200]  # TINY: data.max_eval_examples=200, the rows eval scored

