@@ -12,7 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from transformer_cli.config import conf_dir, register_schemas
+from transformer_cli.config import conf_dir
+from transformer_cli.validate import register_schemas
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from transformer_cli.data.batching import POOL_BATCHES, Batch, EncodedSplit, batch_order, collate
+from transformer_cli.data.batching import (
+    POOL_BATCHES,
+    Batch,
+    EncodedSplit,
+    batch_order,
+    collate,
+)
 from transformer_cli.data.tokenize import PAD_ID
 
 

@@ -9,10 +9,17 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-
 from conftest import REPO, compose_train, run_cli
+
 from transformer_cli import catalog, completion
-from transformer_cli.catalog import UserConfigDirs, copy_option, describe, find, options, take_config_dirs
+from transformer_cli.catalog import (
+    UserConfigDirs,
+    copy_option,
+    describe,
+    find,
+    options,
+    take_config_dirs,
+)
 from transformer_cli.cli import main
 from transformer_cli.config import conf_dir
 from transformer_cli.errors import TformerError

@@ -16,12 +16,21 @@ from omegaconf.errors import ConfigAttributeError
 from tokenizers import Tokenizer
 from torch import nn
 
-from transformer_cli.checkpoint import FILES, FORMAT, VERSION, _describe, load_checkpoint, load_weights, save_checkpoint
-from transformer_cli.config import ModelConfig, TokenizerConfig, conf_dir, load_train_config, register_schemas
+from transformer_cli.checkpoint import (
+    FILES,
+    FORMAT,
+    VERSION,
+    _describe,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from transformer_cli.config import ModelConfig, TokenizerConfig, conf_dir
 from transformer_cli.data.tokenize import encode, train_tokenizer
 from transformer_cli.errors import TformerError
 from transformer_cli.heads import SequenceHead
 from transformer_cli.model import Encoder, SequenceModel
+from transformer_cli.validate import load_train_config, register_schemas
 
 SENTENCES = ["a fine film with a fine cast", "dull and slow, far too long", "the cast is fine, the plot is not",
              "not a film i would see twice", "slow but fine"]

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_cli
 
 pytestmark = pytest.mark.slow

@@ -6,17 +6,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_train
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from conftest import compose_train
-from transformer_cli.config import check_train_config, conf_dir
+from transformer_cli.config import conf_dir
 from transformer_cli.errors import TformerError
 from transformer_cli.losses import LOSSES, build_loss
 from transformer_cli.losses.base import LossContext
 from transformer_cli.model import Encoder
-from transformer_cli.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from transformer_cli.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    build_optimizer,
+    build_scheduler,
+)
 from transformer_cli.tasks import TASKS
+from transformer_cli.validate import check_train_config
 
 GROUPS = ("task", "loss", "data", "model", "optim", "schedule", "trainer", "experiment")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-
 SCRIPT = """
 import hashlib
 from transformer_cli.config import TokenizerConfig

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, run_cli
 from safetensors.torch import load_file
 
 from transformer_cli.distributed import Dist
-
-from conftest import REPO, run_cli
 
 # Dropout off: then one and two processes compute the same updates up to float summation order. Regression
 # (VADER), whose metrics are continuous. 801 training examples at batch 16: 51 batches, the last of one
@@ -231,7 +230,7 @@ def test_other_ranks_get_a_scratch_run_dir_that_survives_trailing_flags(monkeypa
 
 def test_torchrun_gets_sigusr1_and_time_to_checkpoint_unless_set() -> None:
     """`--nproc` runs torchrun with SIGUSR1 forwarded and a 5-minute shutdown grace; the caller's values win."""
-    from transformer_cli.cli import torchrun_env
+    from transformer_cli.launch import torchrun_env
 
     env = torchrun_env({"PATH": "/bin"})
     assert "SIGUSR1" in env["PET_SIGNALS_TO_HANDLE"] and env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "300"

@@ -5,21 +5,28 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from conftest import compose_train
 from omegaconf import OmegaConf
 
-from conftest import compose_train
 from transformer_cli import export as export_mod
-from transformer_cli.checkpoint import load_checkpoint, load_weights
-from transformer_cli.config import ExportConfig, ModelConfig, TokenizerConfig, load_train_config
+from transformer_cli.config import ExportConfig, ModelConfig, TokenizerConfig
 from transformer_cli.data.tokenize import train_tokenizer
 from transformer_cli.errors import TformerError
-from transformer_cli.export import READOUTS, ExportedModel, check_batches, padding_tokenizer, readout_for, verify
-from transformer_cli.model import Encoder, SequenceModel
-from transformer_cli.tasks import TASKS
+from transformer_cli.export import (
+    ExportedModel,
+    check_batches,
+    padding_tokenizer,
+    readout_of,
+    verify,
+)
+from transformer_cli.restore import restore
+from transformer_cli.tasks import TASKS, build_task
 from transformer_cli.tasks.classify import ClassifyConfig, ClassifyTask
 
 WORDS = "good bad fine awful great dull bright slow quick warm cold sharp".split()
@@ -35,17 +42,27 @@ def tiny_classifier(num_labels: int = 3) -> tuple[ExportedModel, object]:
     tok = train_tokenizer([sentence(i) for i in range(60)], TokenizerConfig(vocab_size=200, min_frequency=1))
     labels = [f"l{i}" for i in range(num_labels)]
     task = ClassifyTask(OmegaConf.structured(ClassifyConfig()), "index", {"labels": labels})
-    model = SequenceModel(Encoder(tok.get_vocab_size(), ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32)),
-                          task.head(16))
-    return ExportedModel(model, task, READOUTS["classify"]).eval(), tok
+    model = task.build_model(ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32), tok.get_vocab_size())
+    return ExportedModel(model, task.readout()).eval(), tok
 
 
-def test_export_covers_the_single_output_task_kinds_and_refuses_others() -> None:
-    """classify, regress and multilabel export; a task without a read-out (seq2seq) is refused by name."""
-    assert set(READOUTS) == {"classify", "regress", "multilabel"} and set(READOUTS) <= set(TASKS)
-    for name in set(TASKS) - set(READOUTS):
-        with pytest.raises(TformerError, match=f"does not support task '{name}'"):
-            readout_for(name)
+def test_export_covers_the_single_output_task_kinds_and_refuses_others(tmp_path: Path) -> None:
+    """classify, regress and multilabel have a read-out; seq2seq (a decoding loop) has none and is refused by name."""
+    readouts = {name: task_of(name).readout() for name in TASKS}
+    assert {name for name, r in readouts.items() if r is not None} == {"classify", "regress", "multilabel"}
+    assert readouts["classify"].names == ("logits", "probabilities") == readouts["multilabel"].names
+    assert readouts["regress"].names == ("prediction",)
+    restored = SimpleNamespace(task=task_of("seq2seq"), config=OmegaConf.create({"task": {"name": "seq2seq"}}))
+    with pytest.raises(TformerError, match="does not support task 'seq2seq'"):
+        readout_of(restored)
+
+
+def task_of(name: str) -> Any:
+    """A task of the table, built from its schema's defaults and a small made-up training column."""
+    spec = TASKS[name]
+    values = {"classify": ["a", "b"], "regress": [1.0, 3.0], "multilabel": ["a,b", "b"], "seq2seq": ["x y", "y z"]}
+    cfg = OmegaConf.structured(spec.schema)
+    return build_task(cfg, spec.natural_loss, spec.fit_state(values[name], cfg, None, "made up"))
 
 
 def test_check_batches_vary_batch_size_and_length_with_padding() -> None:
@@ -69,13 +86,13 @@ def test_verify_passes_equal_outputs_and_fails_loudly_on_a_mismatch() -> None:
         with torch.no_grad():
             return [t.numpy() for t in module(ids, mask)]
 
-    assert max(verify(module, exact, batches, READOUTS["classify"].names, 1e-4, 1e-4, "onnx").values()) == 0.0
+    assert max(verify(module, exact, batches, ("logits", "probabilities"), 1e-4, 1e-4, "onnx").values()) == 0.0
     shifted = lambda ids, mask: [o + 1e-3 for o in exact(ids, mask)]  # noqa: E731
     with pytest.raises(TformerError, match="does not match the PyTorch model: output 'logits' differs"):
-        verify(module, shifted, batches, READOUTS["classify"].names, 1e-4, 1e-4, "onnx")
+        verify(module, shifted, batches, ("logits", "probabilities"), 1e-4, 1e-4, "onnx")
     squeezed = lambda ids, mask: [o[:, :1] for o in exact(ids, mask)]  # noqa: E731
     with pytest.raises(TformerError, match="has shape"):
-        verify(module, squeezed, batches, READOUTS["classify"].names, 1e-4, 1e-4, "onnx")
+        verify(module, squeezed, batches, ("logits", "probabilities"), 1e-4, 1e-4, "onnx")
 
 
 def test_unknown_format_and_bad_tolerances_are_user_errors(tmp_path: Path) -> None:
@@ -176,17 +193,12 @@ def test_export_round_trip_matches_pytorch(checkpoints: dict[str, Path], tmp_pat
     encoded = Tokenizer.from_file(str(out / "tokenizer.json")).encode_batch(texts)
     ids = torch.tensor([e.ids for e in encoded])
     mask = torch.tensor([e.attention_mask for e in encoded])
-    ckpt = load_checkpoint(checkpoints[case])
-    train_cfg = load_train_config(ckpt.config, source="test")
-    from transformer_cli.run import build_model, rebuild_task
-
-    task = rebuild_task(train_cfg, ckpt)
-    model = build_model(train_cfg, ckpt.tokenizer.get_vocab_size(), task).eval()
-    load_weights(model, ckpt.weights, ckpt.path)
+    restored = restore(checkpoints[case])
+    train_cfg, task, model = restored.config, restored.task, restored.model.eval()
     with torch.no_grad():
         raw = model(ids, mask.bool())
     got = run_exported(fmt, out, ids, mask)
-    assert [o["name"] for o in card["outputs"]] == list(READOUTS[train_cfg.task.name].names)
+    assert [o["name"] for o in card["outputs"]] == list(task.readout().names)
     if train_cfg.task.name == "regress":
         np.testing.assert_allclose(got[0], raw.numpy() * task.std + task.mean, atol=1e-4, rtol=1e-4)
         assert card["target_scale"]["mean"] == pytest.approx(task.mean)

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import compose_train
+
 from transformer_cli.run import train
 
 pytestmark = pytest.mark.slow

@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import compose_train
+
 from transformer_cli.config import conf_dir
 from transformer_cli.errors import TformerError
-from transformer_cli.logging_backends import CsvWriter, open_writers
-from transformer_cli.metrics import read_jsonl
+from transformer_cli.writers import CsvWriter, open_writers, read_jsonl
 
 RECORDS = [
     {"event": "train", "split": "train", "step": 5, "epoch": 0, "lr": 1e-3, "loss": 0.7, "time": 1.0},

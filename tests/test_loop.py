@@ -9,16 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, compose_train
+
 from transformer_cli.config import ModelConfig
 from transformer_cli.data.batching import EncodedSplit, collate
+from transformer_cli.device import Precision, resolve_precision
 from transformer_cli.errors import TformerError
-from transformer_cli.loop import Precision, is_better, resolve_precision, total_steps, train_step, windows
+from transformer_cli.loop import is_better, total_steps, train_step, windows
 from transformer_cli.losses import build_loss
 from transformer_cli.losses.base import LossContext
 from transformer_cli.losses.cross_entropy import CrossEntropyConfig
-from transformer_cli.model import Encoder, SequenceModel
+from transformer_cli.model import SequenceModel
 from transformer_cli.tasks.classify import ClassifyConfig, ClassifyTask
 
 
@@ -27,7 +28,7 @@ def tiny_setup(seed: int = 0) -> tuple[SequenceModel, ClassifyTask, EncodedSplit
     torch.manual_seed(seed)
     cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0)
     task = ClassifyTask(ClassifyConfig(head_dropout=0.0), "index", {"labels": ["a", "b", "c"]})
-    model = SequenceModel(Encoder(50, cfg), task.head(16))
+    model = task.build_model(cfg, 50)
     rng = np.random.default_rng(seed)
     ids = [rng.integers(1, 50, size=int(n)).astype(np.int32) for n in rng.integers(3, 12, size=8)]
     return model, task, EncodedSplit(ids, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))

@@ -288,8 +288,10 @@ def test_cls_pooling_model_uses_the_shortcut_and_mean_pooling_does_not() -> None
 
 
 def test_fused_adamw_takes_the_same_steps_as_the_default_implementation() -> None:
-    """optim.fused=true (the default) and false give the same weights after a few steps, within rounding
-    (key biases get only rounding-level gradients, which Adam scales up to about 2e-6 differences)."""
+    """optim.fused=true (the default) and false give the same weights after a few steps, within rounding.
+
+    The key bias is the exception: softmax ignores it, so its true gradient is zero and it receives rounding
+    noise only, which Adam normalises into steps of up to lr in either direction; it is checked to that bound."""
     from transformer_cli.optim import AdamWConfig, build_adamw
 
     torch.manual_seed(0)
@@ -304,5 +306,10 @@ def test_fused_adamw_takes_the_same_steps_as_the_default_implementation() -> Non
             model(ids, mask).square().sum().backward()
             opt.step()
             opt.zero_grad()
+    key = slice(16, 32)  # the key third of the fused query/key/value bias
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        a, b = a.detach().clone(), b.detach().clone()
+        if name.endswith("attn.qkv.bias"):
+            assert (a[key] - b[key]).abs().max() <= 5 * 1e-2  # five steps of at most lr each
+            a[key], b[key] = 0.0, 0.0
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, compose_train, run_cli
+
 from transformer_cli.errors import TformerError
 from transformer_cli.plan import count_evaluations, lr_chart, make_plan, memory_estimate
 

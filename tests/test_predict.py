@@ -17,16 +17,17 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import REPO, TINY, compose_train
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from conftest import REPO, TINY, compose_train
-from transformer_cli.config import conf_dir, register_schemas
+from transformer_cli.config import conf_dir
 from transformer_cli.errors import TformerError
 from transformer_cli.predict import Columns, predict, read_inputs, write_lines
 from transformer_cli.tasks.classify import ClassifyConfig, ClassifyTask
 from transformer_cli.tasks.multilabel import MultiLabelConfig, MultiLabelTask
 from transformer_cli.tasks.regress import RegressConfig, RegressTask
+from transformer_cli.validate import register_schemas
 
 TEXT = Columns("text", None)
 PAIRS = Columns("premise", "hypothesis")
@@ -145,25 +146,25 @@ def test_predict_config_composes() -> None:
 
 def test_classify_records() -> None:
     task = ClassifyTask(OmegaConf.structured(ClassifyConfig), "index", {"labels": ["a", "b", "c"]})
-    records = task.describe(torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]]), top_k=2)
+    records = task.records(torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]]), top_k=2)
     assert [r["label"] for r in records] == ["b", "a"]
     for r in records:
         assert math.isclose(sum(r["probabilities"].values()), 1.0, rel_tol=1e-6)
         assert [t["label"] for t in r["top_k"]][0] == r["label"] and len(r["top_k"]) == 2
         assert r["top_k"][0]["probability"] >= r["top_k"][1]["probability"]
     assert [t["label"] for t in records[0]["top_k"]] == ["b", "c"]
-    assert "top_k" not in task.describe(torch.zeros(1, 3), top_k=0)[0]
+    assert "top_k" not in task.records(torch.zeros(1, 3), top_k=0)[0]
     binary = ClassifyTask(OmegaConf.structured(ClassifyConfig), "binary", {"labels": ["neg", "pos"]})
-    rec = binary.describe(torch.tensor([2.0]), top_k=5)[0]  # one logit
+    rec = binary.records(torch.tensor([2.0]), top_k=5)[0]  # one logit
     assert rec["label"] == "pos" and rec["probability"] == pytest.approx(1 / (1 + math.exp(-2)))
     assert len(rec["top_k"]) == 2 and math.isclose(sum(rec["probabilities"].values()), 1.0, rel_tol=1e-6)
 
 
 def test_regress_and_multilabel_records() -> None:
     task = RegressTask(OmegaConf.structured(RegressConfig), "real", {"mean": 10.0, "std": 4.0})
-    assert task.describe(torch.tensor([0.0, 1.5]), top_k=3) == [{"value": 10.0}, {"value": 16.0}]
+    assert task.records(torch.tensor([0.0, 1.5]), top_k=3) == [{"value": 10.0}, {"value": 16.0}]
     ml = MultiLabelTask(OmegaConf.structured(MultiLabelConfig), "multilabel", {"labels": ["x", "y", "z"]})
-    rec = ml.describe(torch.tensor([[2.0, -1.0, 0.5]]), top_k=1)[0]
+    rec = ml.records(torch.tensor([[2.0, -1.0, 0.5]]), top_k=1)[0]
     assert rec["labels"] == ["x", "z"] and [t["label"] for t in rec["top_k"]] == ["x"]
     assert rec["probabilities"]["y"] == pytest.approx(1 / (1 + math.e))
 
@@ -309,13 +310,13 @@ def test_multilabel_records(multilabel_run: Path, tmp_path: Path) -> None:
         assert [t["probability"] for t in r["top_k"]] == sorted(probs.values(), reverse=True)
 
 
-def test_a_generating_task_plugs_in() -> None:
-    """A task with `describe_generation` (seq2seq) makes its own records; predict only orders them."""
-    from transformer_cli.loop import Precision
+def test_predict_records_come_from_the_task_in_input_order() -> None:
+    """The task makes each batch's records (a generating task runs the model itself); predict only orders them."""
+    from transformer_cli.device import Precision
     from transformer_cli.predict import predict_records
 
     class Echo:
-        def describe_generation(self, model: Any, batch: Any) -> list[dict[str, Any]]:
+        def predict(self, model: Any, batch: Any, top_k: int) -> list[dict[str, Any]]:
             return [{"text": f"len {int(n)}", "score": -1.0} for n in batch.mask.sum(1)]
 
     ids = [torch.arange(n).numpy().astype("int32") for n in (5, 2, 9)]

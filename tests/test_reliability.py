@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, compose_train, run_cli
 from safetensors.torch import load_file
 
-from conftest import REPO, compose_train, run_cli
 from transformer_cli import checkpoint as ckpt_module
 from transformer_cli.checkpoint import CheckpointDir, load_checkpoint, save_checkpoint
 from transformer_cli.errors import Preempted, TformerError
@@ -256,13 +256,12 @@ def tiny_checkpoint_parts():
     """A model, config, tokenizer and task state to save (no training)."""
     from transformer_cli.config import TokenizerConfig
     from transformer_cli.data.tokenize import train_tokenizer
-    from transformer_cli.run import build_model
     from transformer_cli.tasks.classify import ClassifyTask
 
     cfg = compose_train(["model=tiny"])
     tok = train_tokenizer(["a good film", "a bad film"] * 20, TokenizerConfig(vocab_size=50, min_frequency=1))
     task = ClassifyTask(cfg.task, "index", {"labels": ["bad", "good"]})
-    return build_model(cfg, tok.get_vocab_size(), task), cfg, tok, {**task.state(), "loss_kind": "index"}
+    return task.build_model(cfg.model, tok.get_vocab_size()), cfg, tok, {**task.state(), "loss_kind": "index"}
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

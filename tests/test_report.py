@@ -13,7 +13,13 @@ import pytest
 from rich.console import Console
 
 from transformer_cli.errors import TformerError
-from transformer_cli.report import build_report, print_report, print_results, report_command, write_report
+from transformer_cli.report import (
+    build_report,
+    print_report,
+    report_command,
+    write_report,
+)
+from transformer_cli.results import print_results
 
 
 def make_run(root: Path, name: str, overrides: dict[str, str], best: float, test: float, *, seed: int = 0,

@@ -11,10 +11,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, compose_train, run_cli
-from transformer_cli.metrics import read_jsonl
-from transformer_cli.run_card import data_fingerprints, git_state, reproduce_args, reproduce_command, write_run_card
+
+from transformer_cli.run_card import (
+    data_fingerprints,
+    git_state,
+    reproduce_args,
+    reproduce_command,
+    write_run_card,
+)
+from transformer_cli.writers import read_jsonl
 
 
 def test_reproduce_args_keep_every_override_and_the_config_dirs() -> None:

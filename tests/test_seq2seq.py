@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose_train, run_cli
 from omegaconf import OmegaConf
 
-from conftest import compose_train, run_cli
 from transformer_cli.config import ModelConfig
 from transformer_cli.data.batching import EncodedSplit, collate
 from transformer_cli.decoding import beam_search, greedy
-from transformer_cli.loop import Precision, compute_loss, evaluate
+from transformer_cli.device import Precision
+from transformer_cli.loop import compute_loss, evaluate
 from transformer_cli.losses import build_loss
 from transformer_cli.losses.base import LossContext
 from transformer_cli.losses.cross_entropy import CrossEntropyConfig
@@ -149,7 +150,7 @@ def test_edit_distance() -> None:
 def test_evaluation_reports_every_listed_metric() -> None:
     """evaluate() on a seq2seq task decodes and reports every metric the task lists."""
     task = seq2seq_task()
-    task.use_final_decoding()
+    task.final_decoding()
     torch.manual_seed(0)
     model = task.build_model(ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, dropout=0.0), 30)
     src = [np.array([7, 8, 9], dtype=np.int32), np.array([10, 11], dtype=np.int32)]
@@ -158,6 +159,7 @@ def test_evaluation_reports_every_listed_metric() -> None:
     scalars, details = evaluate(model, split.batches(8, shuffle=False, bucket=True), task, loss,
                                 Precision("fp32", torch.device("cpu")))
     assert set(TASKS["seq2seq"].metric_names) <= set(scalars)
+    assert set(scalars) - {"count", "decoded"} <= set(TASKS["seq2seq"].metrics)  # each has a direction
     assert scalars["decoded"] == 2 and len(details["examples"]) == 2
 
 

@@ -28,11 +28,12 @@ from transformer_cli.data.builtin import (
     SPLITS,
     BuiltinDataset,
     default_cache_dir,
+    fetch,
+    prepare,
     prepare_builtin,
     split_key,
     split_of,
 )
-from transformer_cli.data.builtin import fetch, prepare
 from transformer_cli.errors import TformerError
 
 

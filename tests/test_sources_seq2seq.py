@@ -23,8 +23,18 @@ from typing import Any, Callable
 
 import pytest
 
-from transformer_cli.data.builtin import BUILTIN, KJV_DEB, RV1909_DEB, SPLITS, BuiltinDataset, prepare_builtin, split_of
-from transformer_cli.data.builtin import deb, fetch, sword
+from transformer_cli.data.builtin import (
+    BUILTIN,
+    KJV_DEB,
+    RV1909_DEB,
+    SPLITS,
+    BuiltinDataset,
+    deb,
+    fetch,
+    prepare_builtin,
+    split_of,
+    sword,
+)
 from transformer_cli.errors import TformerError
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, TINY, compose_train, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, compose_train, run_cli
 from transformer_cli import sweep
-from transformer_cli.config import conf_dir, register_schemas
+from transformer_cli.config import conf_dir
+from transformer_cli.validate import register_schemas
 
 # A few steps on one thread: these tests check bookkeeping, not learning (one thread also keeps a busy
 # two-core machine from oversubscribing).

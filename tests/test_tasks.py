@@ -11,15 +11,19 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from transformer_cli.config import conf_dir
+from transformer_cli.config import ModelConfig, conf_dir
+from transformer_cli.data.batching import Batch
 from transformer_cli.errors import TformerError
 from transformer_cli.losses import LOSSES
 from transformer_cli.losses.bce import auto_pos_weight
-from transformer_cli.metrics import METRIC_MODES
 from transformer_cli.tasks import TASKS
 from transformer_cli.tasks.classify import ClassifyConfig, ClassifyTask
 from transformer_cli.tasks.common import Where
-from transformer_cli.tasks.multilabel import MultiLabelConfig, MultiLabelTask, split_labels
+from transformer_cli.tasks.multilabel import (
+    MultiLabelConfig,
+    MultiLabelTask,
+    split_labels,
+)
 from transformer_cli.tasks.regress import RegressConfig, RegressTask
 
 TRAIN = Where(split="train", source="train.csv")
@@ -55,6 +59,18 @@ def hidden(batch: int = 3, length: int = 5, d_model: int = 16) -> tuple[torch.Te
     mask = torch.ones(batch, length, dtype=torch.bool)
     mask[0, 3:] = False
     return h, mask
+
+
+def head_of(task: Any, d_model: int = 16) -> torch.nn.Module:
+    """The pooling head the task puts on a d_model-wide encoder."""
+    return task.build_model(ModelConfig(d_model=d_model, n_layers=1, n_heads=2, d_ff=32), 50).head
+
+
+def observe(task: Any, metrics: Any, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Feed one evaluated batch (its outputs and targets) to the task's metrics, as the loop does."""
+    n = len(targets)
+    batch = Batch(torch.zeros(n, 1, dtype=torch.long), torch.ones(n, 1, dtype=torch.bool), targets, torch.arange(n))
+    task.observe(metrics, None, batch, outputs)
 
 
 # ----------------------------------------------------------------------------- classify
@@ -133,13 +149,13 @@ def test_binary_head_outputs_and_probabilities() -> None:
     task = classify(["neg", "pos"], loss_kind="binary")
     assert task.num_outputs == 1
     h, mask = hidden()
-    out = task.head(16)(h, mask)
+    out = head_of(task)(h, mask)
     assert out.shape == (3,)
     probs = task.probabilities(out)
     assert probs.shape == (3, 2)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3))
     logits = torch.tensor([-2.0, 0.5, 3.0])
-    assert task.predict(logits).tolist() == [0, 1, 1]
+    assert task.decide(logits).tolist() == [0, 1, 1]
     assert task.probabilities(logits).argmax(-1).tolist() == [0, 1, 1]
     targets = task.encode_targets(["neg", "pos", "pos"], TRAIN)
     outputs, loss_targets = task.loss_inputs(logits, targets)
@@ -153,11 +169,11 @@ def test_index_head_outputs_and_probabilities() -> None:
     """With an index loss the head gives (B, C) logits and softmax probabilities."""
     task = classify(["a", "b", "c"])
     h, mask = hidden()
-    out = task.head(16)(h, mask)
+    out = head_of(task)(h, mask)
     assert out.shape == (3, 3)
     probs = task.probabilities(out)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3))
-    assert task.predict(out).tolist() == out.argmax(-1).tolist()
+    assert task.decide(out).tolist() == out.argmax(-1).tolist()
     targets = task.encode_targets(["c", "a", "c", "c"], TRAIN)
     assert targets.dtype == torch.int64
     ctx = task.loss_context(targets)
@@ -168,7 +184,7 @@ def test_classify_metrics_and_state() -> None:
     """Metrics count class indices; the state rebuilds the same task."""
     task = classify(["a", "b", "c"])
     metrics = task.new_metrics()
-    task.update_metrics(metrics, torch.eye(3)[[0, 1, 2, 0]], torch.tensor([0, 1, 2, 1]))
+    observe(task, metrics, torch.eye(3)[[0, 1, 2, 0]], torch.tensor([0, 1, 2, 1]))
     assert metrics.compute()["accuracy"] == pytest.approx(0.75)
     again = ClassifyTask(task.cfg, "index", json.loads(json.dumps(task.state())))
     assert again.labels == task.labels
@@ -187,7 +203,7 @@ def test_standardisation_round_trip() -> None:
     assert encoded.dtype == torch.float32
     assert float(encoded.mean()) == pytest.approx(0.0, abs=1e-6)
     assert float(encoded.std()) == pytest.approx(1.0, abs=1e-6)
-    torch.testing.assert_close(task.predict(encoded), t, rtol=0, atol=1e-5)
+    torch.testing.assert_close(task.original_scale(encoded), t, rtol=0, atol=1e-5)
 
 
 def test_string_targets_and_no_standardisation() -> None:
@@ -210,7 +226,7 @@ def test_regression_metrics_on_the_original_scale() -> None:
     assert task.std > 50  # so a standardised-scale error would be far smaller than 2
     preds = [y + 2.0 for y in ys]
     metrics = task.new_metrics()
-    task.update_metrics(metrics, task.encode_targets(preds, TRAIN), task.encode_targets(ys, TRAIN))
+    observe(task, metrics, task.encode_targets(preds, TRAIN), task.encode_targets(ys, TRAIN))
     scalars = metrics.compute()
     assert scalars["mae"] == pytest.approx(2.0, rel=1e-4)
     assert scalars["rmse"] == pytest.approx(2.0, rel=1e-4)
@@ -305,11 +321,11 @@ def test_multilabel_head_and_predictions() -> None:
     """The head gives (B, L) logits; predictions are the labels above the threshold."""
     task = multilabel(["a,b", "c"], threshold=0.7)
     h, mask = hidden()
-    assert task.head(16)(h, mask).shape == (3, 3)
+    assert head_of(task)(h, mask).shape == (3, 3)
     logits = torch.tensor([[0.0, 1.0, 3.0]])  # sigmoid: 0.5, 0.73, 0.95
-    assert task.predict(logits).tolist() == [[0, 1, 1]]
+    assert task.decide(logits).tolist() == [[0, 1, 1]]
     metrics = task.new_metrics()
-    task.update_metrics(metrics, logits, torch.tensor([[0.0, 1.0, 1.0]]))
+    observe(task, metrics, logits, torch.tensor([[0.0, 1.0, 1.0]]))
     assert metrics.compute()["subset_accuracy"] == 1.0
 
 
@@ -323,8 +339,7 @@ def test_task_table_promises(name: str) -> None:
     assert spec.natural_loss in LOSSES
     assert set(LOSSES[spec.natural_loss].targets) & set(spec.target_kinds)
     assert all(kind in {k for s in LOSSES.values() for k in s.targets} for kind in spec.target_kinds)
-    for metric in spec.metric_names:
-        assert metric in METRIC_MODES, metric
+    assert set(spec.metrics.values()) <= {"max", "min"} and spec.metrics["loss"] == "min"
     assert spec.default_monitor in spec.metric_names
     assert spec.default_monitor != "loss"  # the task's own metric, not the loss (which varies with loss=)
 
@@ -347,14 +362,16 @@ def test_task_metrics_report_every_listed_name(name: str) -> None:
     """Each metric a task lists (besides the loss, which the loop adds) comes out of its metrics object."""
     spec = TASKS[name]
     cfg = OmegaConf.structured(spec.schema)
-    state = spec.build.fit_state(SAMPLES[name], cfg, None, "train.csv")
+    state = spec.fit_state(SAMPLES[name], cfg, None, "train.csv")
     loss_kind = next(k for k in LOSSES[spec.natural_loss].targets if k in spec.target_kinds)
     task = spec.build(cfg, loss_kind, json.loads(json.dumps(state)))  # the state survives task.json
     targets = task.encode_targets(SAMPLES[name], TRAIN)
-    outputs = task.head(16).eval()(*hidden(batch=len(targets)))
+    outputs = head_of(task).eval()(*hidden(batch=len(targets)))
     metrics = task.new_metrics()
-    task.update_metrics(metrics, outputs, targets)
+    observe(task, metrics, outputs, targets)
     scalars = metrics.compute()
     missing = [m for m in spec.metric_names if m != "loss" and m not in scalars]
     assert not missing
+    unlisted = set(scalars) - {"count", "decoded"} - set(spec.metrics)  # every reported scalar has a direction
+    assert not unlisted
     assert all(isinstance(scalars[m], float) or math.isnan(scalars[m]) for m in spec.metric_names if m != "loss")

@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 CHUNK = 1 << 20  # bytes read at a time when hashing
 
@@ -31,15 +31,17 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def dumps(data: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
-    """Strict JSON text of `data` (see jsonable); values JSON cannot hold are written with str()."""
-    return json.dumps(jsonable(data), indent=indent, sort_keys=sort_keys, allow_nan=False, default=str,
+def dumps(data: Any, indent: int | None = 2, sort_keys: bool = False,
+          default: Callable[[Any], Any] | None = None) -> str:
+    """Strict JSON text of `data` (see jsonable); a value JSON cannot hold is a TypeError unless `default`
+    converts it."""
+    return json.dumps(jsonable(data), indent=indent, sort_keys=sort_keys, allow_nan=False, default=default,
                       ensure_ascii=False)
 
 
-def write_json(path: Path, data: Any, sort_keys: bool = False) -> Path:
+def write_json(path: Path, data: Any, sort_keys: bool = False, default: Callable[[Any], Any] | None = None) -> Path:
     """Write strict, indented JSON atomically: a reader never sees half a file."""
-    write_text_atomic(Path(path), dumps(data, sort_keys=sort_keys) + "\n")
+    write_text_atomic(Path(path), dumps(data, sort_keys=sort_keys, default=default) + "\n")
     return Path(path)
 
 

@@ -14,7 +14,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from transformer_cli import __version__
-from transformer_cli.checkpoint import CheckpointDir, load_checkpoint, load_weights, save_checkpoint
+from transformer_cli.checkpoint import (
+    CheckpointDir,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from transformer_cli.data.batching import EncodedSplit
 from transformer_cli.data.loading import RawSplit, load_splits, read_eval_file
 from transformer_cli.data.tokenize import encode

@@ -127,7 +127,7 @@ def run_job(job: Callable[[], Any], cfg: DictConfig, run_dir: Path,
     if done is not None:
         return _skip(done, run_dir, sweep_dir, entry)
     _set_aside_previous_attempt(run_dir, sweep_dir, resuming=bool(cfg.get("resume")))
-    write_json(run_dir / "job.json", {"fingerprint": fp, "overrides": overrides, "num": num, "status": "running",
+    _save(run_dir / "job.json", {"fingerprint": fp, "overrides": overrides, "num": num, "status": "running",
                                        "started": entry["started"]})
     try:
         value = job()
@@ -145,7 +145,7 @@ def _skip(done: Path, run_dir: Path, sweep_dir: Path, entry: dict[str, Any]) -> 
     """Reuse a finished run of the same config: no training, its value returned."""
     value = _finite_or_none((read_json_object(done / "summary.json") or {}).get("best_value"))
     if done.resolve() != run_dir.resolve():
-        write_json(run_dir / "skipped.json", {"same_config_as": str(done), "overrides": entry["overrides"]})
+        _save(run_dir / "skipped.json", {"same_config_as": str(done), "overrides": entry["overrides"]})
     log.info("job %d (%s) already finished in %s: skipped", entry["num"], " ".join(entry["overrides"]), done)
     _ledger(sweep_dir, {**entry, "status": "skipped", "value": value, "dir": str(done), "ended": time.time()})
     return value
@@ -159,7 +159,7 @@ def _fail(err: Exception, run_dir: Path, sweep_dir: Path, entry: dict[str, Any],
               "hint": getattr(err, "hint", None), "overrides": entry["overrides"], "num": entry["num"],
               "fingerprint": fp, "time": time.time(),
               "traceback": None if user_error else traceback.format_exc()}
-    write_json(run_dir / "failed.json", record)
+    _save(run_dir / "failed.json", record)
     _update_json(run_dir / "job.json", status="failed", ended=time.time())
     reason = record["message"] if user_error else f"{record['error']}: {record['message']}"
     _ledger(sweep_dir, {**entry, "status": "failed", "value": None, "error": reason, "ended": time.time()})
@@ -211,7 +211,7 @@ def _set_aside_previous_attempt(run_dir: Path, sweep_dir: Path, resuming: bool) 
 
 def _ledger(sweep_dir: Path, entry: dict[str, Any]) -> None:
     """Write this job's line of the sweep ledger."""
-    write_json(sweep_dir / LEDGER / f"{entry['num']}.json", entry)
+    _save(sweep_dir / LEDGER / f"{entry['num']}.json", entry)
 
 
 def read_ledger(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -235,7 +235,7 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         entries = read_ledger(sweep_dir)
         failed = [e for e in entries if e["status"] == "failed"]
-        write_json(sweep_dir / "sweep.json", {"dir": str(sweep_dir), "ended": time.time(), "jobs": entries,
+        _save(sweep_dir / "sweep.json", {"dir": str(sweep_dir), "ended": time.time(), "jobs": entries,
                                                "failed": len(failed)})
         print_outcome(sweep_dir, entries)
         if failed:
@@ -351,9 +351,14 @@ def direction(monitor: str | None, task: str) -> str:
 # ----------------------------------------------------------------------------- small file helpers
 
 
+def _save(path: Path, data: dict[str, Any]) -> None:
+    """A sweep record, written atomically; a value JSON cannot hold (a path, an exception) is kept as text."""
+    write_json(path, data, default=str)
+
+
 def _update_json(path: Path, **changes: Any) -> None:
     """Merge changes into a JSON object file."""
-    write_json(path, {**(read_json_object(path) or {}), **changes})
+    _save(path, {**(read_json_object(path) or {}), **changes})
 
 
 # On import, not only from cli.main: launcher workers (joblib, submitit) resolve job directory names too, and

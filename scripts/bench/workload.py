@@ -17,7 +17,7 @@ from transformer_cli.data.loading import load_splits
 from transformer_cli.data.tokenize import PAD_ID, encode
 from transformer_cli.losses.base import LossContext
 from transformer_cli.prepare import learn_task
-from transformer_cli.tasks.common import Task
+from transformer_cli.tasks import Task
 from transformer_cli.validate import register_schemas
 
 

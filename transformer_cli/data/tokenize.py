@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from transformer_cli.errors import TformerError
 

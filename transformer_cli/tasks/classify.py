@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 from transformer_cli.data.batching import Batch
 from transformer_cli.errors import TformerError
-from transformer_cli.heads import SequenceHead
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import ClassificationMetrics
 from transformer_cli.model import SequenceModel
@@ -67,9 +66,7 @@ class ClassifyTask:
 
     def build_model(self, model_cfg: Any, vocab_size: int) -> SequenceModel:
         """The encoder and a classification head."""
-        head = SequenceHead(model_cfg.d_model, self.num_outputs, self.cfg.pooling, self.cfg.head_dropout,
-                            squeeze=self.loss_kind == "binary")
-        return sequence_model(model_cfg, vocab_size, head)
+        return sequence_model(model_cfg, vocab_size, self.num_outputs, self.cfg, squeeze=self.loss_kind == "binary")
 
     def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
         """Label values -> (N,) int64 class indices; an unknown or missing label is an error."""

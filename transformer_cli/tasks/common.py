@@ -73,9 +73,12 @@ def unknown_label(value: Any, where: Where, i: int, labels: list[str]) -> Tforme
     )
 
 
-def sequence_model(model_cfg: Any, vocab_size: int, head: SequenceHead) -> SequenceModel:
-    """The encoder over the input vocabulary, topped by one pooling head (classify, regress, multilabel)."""
-    return SequenceModel(Encoder(vocab_size, model_cfg), head)
+def sequence_model(model_cfg: Any, vocab_size: int, num_outputs: int, task_cfg: Any, squeeze: bool) -> SequenceModel:
+    """The encoder over the input vocabulary, topped by a pooling head with `num_outputs` outputs (squeezed to
+    (B,) when there is one value per example); the task config gives the pooling and head dropout."""
+    encoder = Encoder(vocab_size, model_cfg)  # first: a seed gives the same initial weights as ever
+    return SequenceModel(encoder, SequenceHead(model_cfg.d_model, num_outputs, task_cfg.pooling,
+                                               task_cfg.head_dropout, squeeze=squeeze))
 
 
 def sequence_forward(model: nn.Module, batch: Batch) -> Tensor:

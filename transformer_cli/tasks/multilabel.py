@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from transformer_cli.data.batching import Batch
 from transformer_cli.errors import TformerError
-from transformer_cli.heads import SequenceHead
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import MultiLabelMetrics
 from transformer_cli.model import SequenceModel
@@ -80,8 +79,7 @@ class MultiLabelTask:
 
     def build_model(self, model_cfg: Any, vocab_size: int) -> SequenceModel:
         """The encoder and one logit per label."""
-        head = SequenceHead(model_cfg.d_model, len(self.labels), self.cfg.pooling, self.cfg.head_dropout, squeeze=False)
-        return sequence_model(model_cfg, vocab_size, head)
+        return sequence_model(model_cfg, vocab_size, len(self.labels), self.cfg, squeeze=False)
 
     def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
         """Label cells -> (N, L) float 0/1; an unknown label is an error."""

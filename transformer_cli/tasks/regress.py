@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from transformer_cli.data.batching import Batch
 from transformer_cli.errors import TformerError
-from transformer_cli.heads import SequenceHead
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import RegressionMetrics
 from transformer_cli.model import SequenceModel
@@ -56,8 +55,7 @@ class RegressTask:
 
     def build_model(self, model_cfg: Any, vocab_size: int) -> SequenceModel:
         """The encoder and a one-output head."""
-        head = SequenceHead(model_cfg.d_model, 1, self.cfg.pooling, self.cfg.head_dropout, squeeze=True)
-        return sequence_model(model_cfg, vocab_size, head)
+        return sequence_model(model_cfg, vocab_size, 1, self.cfg, squeeze=True)
 
     def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
         """Values -> (N,) float32 standardised targets; a missing, non-numeric or non-finite value is an error."""
@@ -98,7 +96,11 @@ class RegressTask:
 
     def predict(self, model: nn.Module, batch: Batch, top_k: int) -> list[dict[str, Any]]:
         """One record per example: the value on the original target scale (top_k does not apply)."""
-        return [{"value": value} for value in self.original_scale(self.forward(model, batch)).cpu().tolist()]
+        return self.records(self.forward(model, batch), top_k)
+
+    def records(self, outputs: Tensor, top_k: int) -> list[dict[str, Any]]:
+        """Prediction records from raw outputs (see predict)."""
+        return [{"value": value} for value in self.original_scale(outputs).cpu().tolist()]
 
     def readout(self) -> Readout:
         """Exported output: the prediction on the original target scale (the un-scaling is in the graph)."""

@@ -18,7 +18,14 @@ from pathlib import Path
 from transformer_cli.data.builtin.cmudict import CMUDICT
 from transformer_cli.data.builtin.fetch import download_command, obtain_archive
 from transformer_cli.data.builtin.kjv_rv1909 import KJV_DEB, KJV_RV1909, RV1909_DEB
-from transformer_cli.data.builtin.prepare import LAYOUT_VERSION, SPLITS, is_complete, prepare_into, split_key, split_of
+from transformer_cli.data.builtin.prepare import (
+    LAYOUT_VERSION,
+    SPLITS,
+    is_complete,
+    prepare_into,
+    split_key,
+    split_of,
+)
 from transformer_cli.data.builtin.rotten_tomatoes import ROTTEN_TOMATOES
 from transformer_cli.data.builtin.spec import BuiltinDataset, Part, Row
 from transformer_cli.data.builtin.vader import VADER
