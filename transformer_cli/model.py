@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_cli.config import ModelConfig
+from transformer_cli.heads import SequenceHead
 
 
 def sinusoidal_table(max_positions: int, d_model: int) -> Tensor:
@@ -297,7 +298,7 @@ def init_weights(module: nn.Module) -> None:
 class SequenceModel(nn.Module):
     """An encoder and a task head: token ids in, task outputs out (the loss lives elsewhere)."""
 
-    def __init__(self, encoder: Encoder, head: nn.Module) -> None:
+    def __init__(self, encoder: Encoder, head: SequenceHead) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
@@ -307,7 +308,7 @@ class SequenceModel(nn.Module):
 
         A head that pools the first token reads one position, so the last layer computes only that one
         (the same outputs, about 1/n_layers less work)."""
-        first = 1 if getattr(self.head, "pooling", None) == "cls" else None
+        first = 1 if self.head.pooling == "cls" else None
         return self.head(self.encoder(input_ids, mask, first), mask)
 
 
