@@ -220,7 +220,33 @@ def copy_option(opt: Option, dest: Path, force: bool = False) -> Path:
         raise TformerError(f"{target} already exists", hint="choose another name, or pass --force to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(opt.path, target)
+    defaults = schema_defaults(opt.path, opt.group)
+    if defaults:
+        with target.open("a", encoding="utf-8") as f:
+            f.write(defaults)
     return target
+
+
+def schema_defaults(path: Path, group: str) -> str:
+    """The settings a group option may change that its YAML leaves at their defaults, as YAML comments.
+
+    Each default lives in one place, the schema's dataclass; a copy lists them so they are there to edit."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from transformer_cli.validate import schema_of
+
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    schema = schema_of(group, doc.get("name") if isinstance(doc, dict) else None)
+    if schema is None:
+        return ""
+    settings = OmegaConf.to_container(OmegaConf.structured(schema))
+    unset = {k: v for k, v in settings.items() if k not in doc and k != "name"}
+    if not unset:
+        return ""
+    lines = OmegaConf.to_yaml(unset).rstrip().splitlines()
+    return ("\n# The other settings and their defaults (from tformer's schema): uncomment a line to change it.\n"
+            + "".join(f"# {line}\n" for line in lines))
 
 
 def next_step(opt: Option, target: Path) -> str:

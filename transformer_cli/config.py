@@ -75,7 +75,7 @@ class TrainerConfig:
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA that has it, else fp32) | fp32 | bf16 | fp16
-    max_epochs: int = 3
+    max_epochs: int = 4
     max_steps: int = -1  # optimizer steps; -1 = bounded by max_epochs only
     batch_size: int = 32  # examples per micro-batch (over all processes); with max_tokens: the most examples
     max_tokens: int = 0  # > 0: micro-batches sized by padded tokens (over all processes), lengths sorted; 0 = off

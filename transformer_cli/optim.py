@@ -42,7 +42,7 @@ class WarmupDecayConfig:
 
     name: str = "cosine"  # constant | linear | cosine
     warmup_steps: int = 0  # takes precedence over warmup_ratio when > 0
-    warmup_ratio: float = 0.0  # fraction of total steps spent warming up
+    warmup_ratio: float = 0.06  # fraction of total steps spent warming up (used when warmup_steps is 0)
     min_lr_ratio: float = 0.0  # floor of the decay, as a fraction of the peak
 
 

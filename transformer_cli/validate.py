@@ -14,7 +14,16 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from transformer_cli.config import EvalConfig, ExportConfig, PredictConfig, TrainConfig
+from transformer_cli.config import (
+    DataConfig,
+    EvalConfig,
+    ExportConfig,
+    LoggerConfig,
+    ModelConfig,
+    PredictConfig,
+    TrainConfig,
+    TrainerConfig,
+)
 from transformer_cli.errors import TformerError, choose
 from transformer_cli.losses import LOSSES
 from transformer_cli.optim import OPTIMIZERS, SCHEDULES
@@ -22,6 +31,19 @@ from transformer_cli.tasks import TASKS, monitor_of, target_kind
 
 # The swappable groups: their node's `name` picks a schema from these tables.
 GROUP_TABLES: dict[str, dict[str, Any]] = {"task": TASKS, "loss": LOSSES, "optim": OPTIMIZERS, "schedule": SCHEDULES}
+
+
+# The fixed groups: one schema each, whatever the option.
+FIXED_SCHEMAS: dict[str, type] = {"model": ModelConfig, "trainer": TrainerConfig, "data": DataConfig,
+                                  "logger": LoggerConfig}
+
+
+def schema_of(group: str, name: str | None) -> type | None:
+    """The dataclass that checks an option of `group` (named `name` in a swappable group), if it has one."""
+    if group in FIXED_SCHEMAS:
+        return FIXED_SCHEMAS[group]
+    table = GROUP_TABLES.get(group)
+    return table[name].schema if table is not None and name in table else None
 
 
 def register_schemas() -> None:

@@ -27,7 +27,7 @@ def train_tokenizer(texts: Sequence[str], cfg: Any) -> Tokenizer:
     """Learn a BPE or WordPiece vocabulary from `texts` and set truncation and [CLS]/[SEP] framing."""
     if cfg.kind == "wordpiece":
         # WordPiece marks continuations with "##"; the trainer numbers those symbols in hash order, so the
-        # vocabulary can differ between two processes on the same text (not reproducible: see README).
+        # vocabulary can differ between two processes on the same text (not reproducible: see docs/reliability.md).
         tok = Tokenizer(models.WordPiece(unk_token=UNK))
         trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
                                             special_tokens=SPECIALS, show_progress=False)
