@@ -167,7 +167,7 @@ def test_scheduler_rejects_bad_floor_and_unknown_name() -> None:
 def test_param_groups_split() -> None:
     """Linear weights decay; biases, LayerNorm weights and embeddings do not; each parameter once."""
     model = tiny_model()
-    decay, no_decay = param_groups(model, 0.05)
+    decay, no_decay = param_groups(model, 0.05, 1e-3)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     decay_ids, no_decay_ids = {id(p) for p in decay["params"]}, {id(p) for p in no_decay["params"]}
     expected_decay, expected_no_decay = set(), set()
@@ -193,7 +193,7 @@ def test_param_groups_skip_frozen() -> None:
     model = tiny_model()
     model.encoder.embed.tokens.weight.requires_grad_(False)
     model.head.dense.weight.requires_grad_(False)
-    grouped = {id(p) for g in param_groups(model, 0.01) for p in g["params"]}
+    grouped = {id(p) for g in param_groups(model, 0.01, 1e-3) for p in g["params"]}
     assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
 
 

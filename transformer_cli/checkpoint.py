@@ -153,7 +153,8 @@ def load_checkpoint(path: str | Path, trainer_state: bool = False) -> Checkpoint
     if not isinstance(config, DictConfig):
         raise TformerError(f"{p / 'config.yaml'} does not hold a mapping")
     state = _load_trainer_state(p, manifest) if trainer_state else None
-    return Checkpoint(path=p, weights=weights, config=config, tokenizer=load_tokenizer(p / "tokenizer.json"),
+    own = OmegaConf.select(config, "data.tokenizer.kind", default=None) != "pretrained"  # else the model's own
+    return Checkpoint(path=p, weights=weights, config=config, tokenizer=load_tokenizer(p / "tokenizer.json", own),
                       task_state=_read_json(p / "task.json", p, "task.json"), meta=meta, trainer_state=state)
 
 

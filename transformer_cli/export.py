@@ -30,6 +30,12 @@ from transformer_cli import __version__
 from transformer_cli.data.tokenize import PAD, PAD_ID, encode
 from transformer_cli.errors import TformerError, choose
 from transformer_cli.files import write_json
+from transformer_cli.pretrained.export import (
+    PROBLEM_TYPES,
+    family_of,
+    read_back,
+    write_hf,
+)
 from transformer_cli.restore import Restored, restore
 from transformer_cli.tasks.protocol import Readout
 
@@ -70,12 +76,20 @@ def readout_of(restored: Restored) -> Readout:
 
 @dataclass(frozen=True)
 class Format:
-    """One export format: its file, how to write it and how to run what was written."""
+    """One export format: its main file, how to write it and how to run what was written."""
 
     file: str
-    save: Callable[[ExportedModel, tuple[Tensor, Tensor], Path, DictConfig, int], dict[str, Any]]
-    load: Callable[[Path], Runner]
+    save: Callable[[ExportedModel, tuple[Tensor, Tensor], Path, DictConfig, Restored], dict[str, Any]]
+    load: Callable[[Path, Restored], Runner]
     needs: tuple[str, ...]  # modules it imports, all from the `export` extra
+    graph: bool = True  # a graph file beside which the padding tokenizer, task.json and config.yaml go
+    check: Callable[[Restored], Any] = lambda restored: None  # refuses a model the format cannot hold
+
+
+def longest(restored: Restored) -> int:
+    """The longest input the model takes: its position table, less where its positions start."""
+    model = restored.config.model
+    return int(model.max_positions) - int(model.position_offset)
 
 
 def _dynamic_shapes(max_positions: int) -> dict[str, dict[int, Any]]:
@@ -86,13 +100,13 @@ def _dynamic_shapes(max_positions: int) -> dict[str, dict[int, Any]]:
 
 
 def _save_onnx(module: ExportedModel, example: tuple[Tensor, Tensor], path: Path, cfg: DictConfig,
-               max_positions: int) -> dict[str, Any]:
+               restored: Restored) -> dict[str, Any]:
     """ONNX through torch's dynamo-based exporter (torch.export underneath), checked by onnx's checker."""
     import onnx
 
     with _quiet_exporter():
         torch.onnx.export(module, example, str(path), input_names=list(INPUTS),
-                          output_names=list(module.readout.names), dynamic_shapes=_dynamic_shapes(max_positions),
+                          output_names=list(module.readout.names), dynamic_shapes=_dynamic_shapes(longest(restored)),
                           opset_version=cfg.opset, dynamo=True, external_data=False, verbose=False)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
@@ -102,7 +116,7 @@ def _save_onnx(module: ExportedModel, example: tuple[Tensor, Tensor], path: Path
     return {"opset": opset, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def _onnx_runner(path: Path) -> Runner:
+def _onnx_runner(path: Path, restored: Restored) -> Runner:
     """Run an ONNX file with onnxruntime on the CPU."""
     import onnxruntime as ort
 
@@ -111,15 +125,15 @@ def _onnx_runner(path: Path) -> Runner:
 
 
 def _save_torch_export(module: ExportedModel, example: tuple[Tensor, Tensor], path: Path, cfg: DictConfig,
-                       max_positions: int) -> dict[str, Any]:
+                       restored: Restored) -> dict[str, Any]:
     """A torch.export program (.pt2): load with torch.export.load(path).module()."""
     with _quiet_exporter():
-        program = torch.export.export(module, example, dynamic_shapes=_dynamic_shapes(max_positions))
+        program = torch.export.export(module, example, dynamic_shapes=_dynamic_shapes(longest(restored)))
     torch.export.save(program, str(path))
     return {}
 
 
-def _torch_export_runner(path: Path) -> Runner:
+def _torch_export_runner(path: Path, restored: Restored) -> Runner:
     """Run a saved torch.export program."""
     module = torch.export.load(str(path)).module()
 
@@ -130,9 +144,58 @@ def _torch_export_runner(path: Path) -> Runner:
     return run
 
 
+def _save_hf(module: ExportedModel, example: tuple[Tensor, Tensor], path: Path, cfg: DictConfig,
+             restored: Restored) -> dict[str, Any]:
+    """A Hugging Face directory (config.json, model.safetensors, tokenizer files) in the export folder."""
+    write_hf(restored, path.parent)
+    return {}
+
+
+def _hf_runner(path: Path, restored: Restored) -> Runner:
+    """Run the written directory with transformers' AutoModelForSequenceClassification when it is installed;
+    without it, read the written tensors back into tformer's model (a check of the file, not of transformers)."""
+    import importlib.util
+
+    logits = _transformers_logits if importlib.util.find_spec("transformers") else _read_back_logits
+    run = logits(path.parent, restored)
+    problem = PROBLEM_TYPES[restored.config.task.name]
+
+    def outputs(ids: Tensor, mask: Tensor) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = run(ids, mask).float()  # (B, K)
+        if problem == "regression":
+            return [out[:, 0].numpy()]
+        probs = torch.softmax(out, -1) if problem == "single_label_classification" else torch.sigmoid(out)
+        return [out.numpy(), probs.numpy()]
+
+    return outputs
+
+
+def _transformers_logits(folder: Path, restored: Restored) -> Callable[[Tensor, Tensor], Tensor]:
+    """Logits from transformers' own classifier loaded from the folder; any weight it lacks or ignores fails."""
+    from transformers import AutoModelForSequenceClassification
+
+    model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+    problems = {k: v for k, v in info.items() if v}
+    if problems:
+        raise TformerError(f"transformers loads {folder} with {problems}; the export is incomplete")
+    model.eval()
+    types = restored.model.encoder.embed.token_types  # what the tokenizer's pair template gives
+    uses_types = restored.config.model.type_vocab_size > 1
+    return lambda ids, mask: model(input_ids=ids, attention_mask=mask,
+                                   **({"token_type_ids": types(ids, mask.bool())} if uses_types else {})).logits
+
+
+def _read_back_logits(folder: Path, restored: Restored) -> Callable[[Tensor, Tensor], Tensor]:
+    """Outputs of tformer's model with the written tensors read back into it (the inverse name mapping)."""
+    model = read_back(restored, folder).eval()
+    return lambda ids, mask: model(ids, mask.bool()).reshape(len(ids), -1)
+
+
 FORMATS: dict[str, Format] = {
     "onnx": Format("model.onnx", _save_onnx, _onnx_runner, ("onnx", "onnxruntime", "onnxscript")),
     "torch_export": Format("model.pt2", _save_torch_export, _torch_export_runner, ()),
+    "hf": Format("model.safetensors", _save_hf, _hf_runner, (), graph=False, check=family_of),
 }
 
 
@@ -164,10 +227,11 @@ def export(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                            hint=f"got atol={cfg.atol}, rtol={cfg.rtol}, samples={cfg.samples}")
     restored = restore(cfg.ckpt)
     ckpt, train_cfg = restored.checkpoint, restored.config
+    fmt.check(restored)
     readout = readout_of(restored)
     module = ExportedModel(restored.model, readout).eval()
 
-    tokenizer = padding_tokenizer(ckpt.tokenizer)
+    tokenizer = padding_tokenizer(ckpt.tokenizer, int(train_cfg.model.pad_id))
     texts, pairs, source = sample_texts(cfg, train_cfg)
     batches = check_batches(ckpt.tokenizer, tokenizer, texts, pairs, cfg.samples)
     out = Path(cfg.out).expanduser() if cfg.out else run_dir
@@ -175,15 +239,16 @@ def export(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     path = out / fmt.file
     log.info("exporting %s (%s) to %s", ckpt.path, cfg.format, path)
     try:
-        extra = fmt.save(module, batches[0], path, cfg, int(train_cfg.model.max_positions))
-        diffs = verify(module, fmt.load(path), batches, readout.names, cfg.atol, cfg.rtol, cfg.format)
+        extra = fmt.save(module, batches[0], path, cfg, restored)
+        diffs = verify(module, fmt.load(path, restored), batches, readout.names, cfg.atol, cfg.rtol, cfg.format)
     except BaseException:
         path.unlink(missing_ok=True)  # a file that failed its check must not look like a usable export
         (out / "export.json").unlink(missing_ok=True)  # nor may an earlier export's description stay beside it
         raise
-    tokenizer.save(str(out / "tokenizer.json"))
-    for name in ("task.json", "config.yaml"):
-        shutil.copyfile(ckpt.path / name, out / name)
+    if fmt.graph:  # beside a graph: what a user needs to feed it (a Hugging Face folder has its own files)
+        tokenizer.save(str(out / "tokenizer.json"))
+        for name in ("task.json", "config.yaml"):
+            shutil.copyfile(ckpt.path / name, out / name)
     with torch.no_grad():
         reference = module(*batches[-1])
     card = describe(cfg, restored, readout, reference, batches, diffs, source, extra)
@@ -206,12 +271,13 @@ def _check_installed(fmt: Format, name: str) -> None:
                            hint="pip install 'tformer[export]'")
 
 
-def padding_tokenizer(tokenizer: Any) -> Any:
-    """A copy of the checkpoint's tokenizer that pads a batch to its longest text with [PAD] (id 0)."""
+def padding_tokenizer(tokenizer: Any, pad_id: int = PAD_ID) -> Any:
+    """A copy of the checkpoint's tokenizer that pads a batch to its longest text with its padding token
+    (tformer's [PAD] is id 0; a pretrained tokenizer has its own)."""
     from tokenizers import Tokenizer
 
     copy = Tokenizer.from_str(tokenizer.to_str())
-    copy.enable_padding(pad_id=PAD_ID, pad_token=PAD)
+    copy.enable_padding(pad_id=pad_id, pad_token=copy.id_to_token(pad_id) or PAD)
     return copy
 
 
@@ -303,7 +369,7 @@ def describe(cfg: DictConfig, restored: Restored, readout: Readout, reference: t
                    {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"],
                     "meaning": "1 for real tokens, 0 for padding"}],
         "outputs": outputs,
-        "tokenizer": {"file": "tokenizer.json", "pads": True, "pad_id": PAD_ID,
+        "tokenizer": {"file": "tokenizer.json", "pads": True, "pad_id": int(train_cfg.model.pad_id),
                       "max_length": int(train_cfg.data.tokenizer.max_length),
                       "pairs": train_cfg.data.text_pair_column is not None},
         "max_positions": int(train_cfg.model.max_positions),

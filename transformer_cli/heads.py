@@ -5,6 +5,11 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 POOLINGS = ("cls", "mean")
+# The head layout of each model family's sequence classifier: (dropout before the dense layer, its activation).
+# tformer and RoBERTa: dropout, dense, tanh, dropout, projection. BERT: its pooler (dense, tanh on [CLS]), then
+# dropout and the classifier. DistilBERT: dense, ReLU, dropout, classifier.
+HEAD_STYLES: dict[str, tuple[bool, str]] = {"tformer": (True, "tanh"), "roberta": (True, "tanh"),
+                                            "bert": (False, "tanh"), "distilbert": (False, "relu")}
 
 
 def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
@@ -16,11 +21,14 @@ def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
 
 
 class SequenceHead(nn.Module):
-    """Pool the sequence, then a dense tanh layer and a linear map to `num_outputs` values."""
+    """Pool the sequence, then a dense layer (tanh or ReLU) and a linear map to `num_outputs` values."""
 
-    def __init__(self, d_model: int, num_outputs: int, pooling: str, dropout: float, squeeze: bool) -> None:
+    def __init__(self, d_model: int, num_outputs: int, pooling: str, dropout: float, squeeze: bool,
+                 style: str = "tformer") -> None:
         super().__init__()
         self.pooling = pooling
+        self.pool_dropout, activation = HEAD_STYLES[style]
+        self.act = nn.Tanh() if activation == "tanh" else nn.ReLU()
         self.dense = nn.Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(d_model, num_outputs)
@@ -31,6 +39,8 @@ class SequenceHead(nn.Module):
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
         """(B, T, D) -> (B, num_outputs), or (B,) when squeezed."""
-        x = self.dropout(pool(hidden, mask, self.pooling))
-        out = self.proj(self.dropout(self.dense(x).tanh()))  # (B, K)
+        x = pool(hidden, mask, self.pooling)  # (B, D)
+        if self.pool_dropout:
+            x = self.dropout(x)
+        out = self.proj(self.dropout(self.act(self.dense(x))))  # (B, K)
         return out.squeeze(-1) if self.squeeze else out

@@ -48,24 +48,49 @@ class Dropout(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Token embeddings scaled by sqrt(D), plus sinusoidal or learned positions, then dropout."""
+    """Token embeddings (scaled by sqrt(D) in tformer's own models), plus positions, plus token types when
+    the model has them, then a LayerNorm (BERT-style models) and dropout."""
 
-    def __init__(self, vocab_size: int, cfg: ModelConfig, pad_id: int = 0) -> None:
+    def __init__(self, vocab_size: int, cfg: ModelConfig, pad_id: int, segments: bool = True) -> None:
         super().__init__()
         self.tokens = nn.Embedding(vocab_size, cfg.d_model, padding_idx=pad_id)
-        self.scale = math.sqrt(cfg.d_model)
+        self.scale = math.sqrt(cfg.d_model) if cfg.embed_scale else 1.0
         self.learned = cfg.positional == "learned"
+        self.offset = cfg.position_offset
         if self.learned:
             self.positions = nn.Embedding(cfg.max_positions, cfg.d_model)
         else:
             self.register_buffer("table", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
+        self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if segments and cfg.type_vocab_size else None
+        self.sep_id = cfg.sep_id
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.embed_norm else nn.Identity()
         self.dropout = Dropout(cfg.dropout)
 
-    def forward(self, input_ids: Tensor, start: int = 0) -> Tensor:
-        """(B, T) token ids at positions start..start+T-1 -> (B, T, D) vectors."""
-        T = input_ids.shape[1]
+    def forward(self, input_ids: Tensor, start: int = 0, mask: Tensor | None = None) -> Tensor:
+        """(B, T) token ids at positions start..start+T-1 (and their (B, T) mask) -> (B, T, D) vectors."""
+        x = self.tokens(input_ids)
+        if self.scale != 1.0:
+            x = x * self.scale
+        x = x + self.position_vectors(input_ids.shape[1], start, mask)
+        if self.types is not None:
+            x = x + self.types(self.token_types(input_ids, mask))
+        return self.dropout(self.norm(x))
+
+    def position_vectors(self, T: int, start: int, mask: Tensor | None) -> Tensor:
+        """(T, D) position vectors, or (B, T, D) when positions count real tokens from an offset (RoBERTa)."""
         table = self.positions.weight if self.learned else self.table
-        return self.dropout(self.tokens(input_ids) * self.scale + table[start : start + T])
+        if self.offset and mask is not None:
+            counted = mask.long().cumsum(1) * mask  # (B, T): 1, 2, ... on real tokens, 0 on padding
+            return table[counted + self.offset - 1]  # padding lands on offset - 1, RoBERTa's padding index
+        return table[start + self.offset : start + self.offset + T]
+
+    def token_types(self, input_ids: Tensor, mask: Tensor | None) -> Tensor:
+        """(B, T) segment of each token: 0 up to the first separator, 1 after it (a pair's second text)."""
+        if self.sep_id is None or self.types is None or self.types.num_embeddings < 2:
+            return torch.zeros_like(input_ids)
+        sep = (input_ids == self.sep_id).long()
+        after = (sep.cumsum(1) - sep).clamp(max=1)  # (B, T): the first separator itself stays in segment 0
+        return after * mask.long() if mask is not None else after
 
 
 class SelfAttention(nn.Module):
@@ -139,6 +164,10 @@ class CrossAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
+# model.activation -> the module; "gelu" is the exact (erf) GELU, "gelu_tanh" its tanh approximation.
+ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU}
+
+
 class FeedForward(nn.Module):
     """Position-wise two-layer MLP (dropout between the two maps only with model.ffn_dropout > 0)."""
 
@@ -146,7 +175,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(cfg.d_model, cfg.d_ff)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.act = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
+        self.act = ACTIVATIONS[cfg.activation]()
         self.dropout = Dropout(cfg.ffn_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -161,8 +190,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.attn = SelfAttention(cfg)
         self.ff = FeedForward(cfg)
-        self.norm1 = nn.LayerNorm(cfg.d_model)
-        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.norm == "pre"
 
@@ -179,24 +208,30 @@ class EncoderLayer(nn.Module):
 class Encoder(nn.Module):
     """Embeddings and a stack of encoder layers; a final LayerNorm in the pre-norm variant."""
 
-    def __init__(self, vocab_size: int, cfg: ModelConfig, pad_id: int = 0) -> None:
+    def __init__(self, vocab_size: int, cfg: ModelConfig) -> None:
         super().__init__()
-        self.embed = Embeddings(vocab_size, cfg, pad_id)
+        self.embed = Embeddings(cfg.vocab_size or vocab_size, cfg, cfg.pad_id)  # a pretrained table may be larger
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
-        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.norm == "pre" else nn.Identity()
         self.apply(init_weights)
         # Tokens are scaled by sqrt(D) in forward; std D^-0.5 gives them unit scale, like the positions.
         nn.init.normal_(self.embed.tokens.weight, std=cfg.d_model**-0.5)
         with torch.no_grad():
-            self.embed.tokens.weight[pad_id].zero_()
+            self.embed.tokens.weight[cfg.pad_id].zero_()
 
     def forward(self, input_ids: Tensor, mask: Tensor, first: int | None = None) -> Tensor:
         """(B, T) ids and (B, T) bool mask -> (B, T, D) hidden states; with `first`, the last layer computes
         only the first `first` positions -> (B, first, D) (all a first-token pooling head reads)."""
-        x = self.embed(input_ids)
+        x = self.embed(input_ids, mask=mask)
         for i, layer in enumerate(self.layers):
             x = layer(x, mask, first if i == len(self.layers) - 1 else None)
         return self.final_norm(x)
+
+    def freeze(self, layers: int) -> None:
+        """Stop training the embeddings and the first `layers` layers (their weights stay as loaded)."""
+        for module in (self.embed, *self.layers[:layers]):
+            for p in module.parameters():
+                p.requires_grad_(False)
 
 
 class DecoderLayer(nn.Module):
@@ -207,7 +242,7 @@ class DecoderLayer(nn.Module):
         self.self_attn = SelfAttention(cfg)
         self.cross_attn = CrossAttention(cfg)
         self.ff = FeedForward(cfg)
-        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) for _ in range(3))
         self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.norm == "pre"
 
@@ -228,10 +263,10 @@ class Decoder(nn.Module):
 
     def __init__(self, vocab_size: int, cfg: ModelConfig, pad_id: int = 0) -> None:
         super().__init__()
-        self.embed = Embeddings(vocab_size, cfg, pad_id)
+        self.embed = Embeddings(vocab_size, cfg, pad_id, segments=False)
         depth = cfg.decoder_layers if cfg.decoder_layers is not None else cfg.n_layers
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(depth))
-        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.norm == "pre" else nn.Identity()
 
     def memory(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Every layer's cross-attention keys and values for the encoder states."""
@@ -251,8 +286,8 @@ class Seq2SeqModel(nn.Module):
 
     def __init__(self, src_vocab: int, tgt_vocab: int, cfg: ModelConfig, pad_id: int = 0) -> None:
         super().__init__()
-        self.encoder = Encoder(src_vocab, cfg, pad_id)
-        self.decoder = Decoder(tgt_vocab, cfg, pad_id)
+        self.encoder = Encoder(src_vocab, cfg)  # the source side may be a pretrained encoder with its own padding id
+        self.decoder = Decoder(tgt_vocab, cfg, pad_id)  # the target vocabulary is tformer's: [PAD] is pad_id
         self.apply_decoder_init(cfg, pad_id)
         self.proj = nn.Linear(cfg.d_model, tgt_vocab, bias=False)
         if cfg.tie_embeddings:

@@ -23,6 +23,7 @@ class AdamWConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     fused: bool = True  # one fused kernel for the update (CPU and CUDA); false: torch's per-tensor-list version
+    layer_decay: float = 1.0  # < 1: each encoder layer below the top learns at this fraction of the one above
 
 
 @dataclass
@@ -34,6 +35,7 @@ class SGDConfig:
     weight_decay: float = 0.0  # not applied to biases, norms and embeddings
     momentum: float = 0.9
     nesterov: bool = False
+    layer_decay: float = 1.0  # < 1: each encoder layer below the top learns at this fraction of the one above
 
 
 @dataclass
@@ -63,20 +65,37 @@ class NoamConfig:
     d_model: int = 128  # the YAML ties it to ${model.d_model}
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Split parameters: decay matrices, but not biases, norm weights or embeddings."""
-    skip: dict[int, bool] = {}  # id -> exempt from decay; a tied weight is exempt if any owner is
+def param_groups(model: nn.Module, weight_decay: float, lr: float, layer_decay: float = 1.0) -> list[dict[str, Any]]:
+    """Split trainable parameters: decay matrices, but not biases, norm weights or embeddings; with
+    layer_decay < 1, encoder layer i of L learns at lr x layer_decay^(L + 1 - i) (embeddings: i = 0)."""
+    if not 0.0 < layer_decay <= 1.0:
+        raise TformerError(f"optim.layer_decay must be in (0, 1], got {layer_decay}")
+    top = len(model.encoder.layers) + 1 if layer_decay < 1.0 else 0
     params: dict[int, nn.Parameter] = {}
-    for _, module in model.named_modules():
+    keys: dict[int, tuple[bool, int]] = {}  # id -> (exempt from decay, depth); a tied weight takes the lower
+    for module_name, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
             exempt = name == "bias" or isinstance(module, (nn.LayerNorm, nn.Embedding))
-            skip[id(p)] = skip.get(id(p), False) or exempt
+            was_exempt, was_depth = keys.get(id(p), (False, top))
+            keys[id(p)] = (was_exempt or exempt, min(was_depth, depth(module_name, top)))
             params[id(p)] = p
-    decay = [p for i, p in params.items() if not skip[i]]
-    no_decay = [p for i, p in params.items() if skip[i]]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups: dict[tuple[bool, int], list[nn.Parameter]] = {(False, top): [], (True, top): []}
+    for i, key in keys.items():
+        groups.setdefault(key, []).append(params[i])
+    return [{"params": group, "weight_decay": 0.0 if exempt else weight_decay, "lr": lr * layer_decay ** (top - level)}
+            for (exempt, level), group in sorted(groups.items(), key=lambda kv: (kv[0][1] != top, kv[0]))]
+
+
+def depth(module_name: str, top: int) -> int:
+    """How deep in the encoder a module sits: 0 for the embeddings, i + 1 for layer i, `top` for the rest."""
+    parts = module_name.split(".")
+    if parts[:2] == ["encoder", "embed"]:
+        return 0
+    if parts[:2] == ["encoder", "layers"] and len(parts) > 2:
+        return int(parts[2]) + 1
+    return top
 
 
 def build_adamw(cfg: AdamWConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -84,13 +103,13 @@ def build_adamw(cfg: AdamWConfig, model: nn.Module) -> torch.optim.Optimizer:
     if len(cfg.betas) != 2:
         raise TformerError(f"optim.betas needs two values, got {list(cfg.betas)}")
     fused = cfg.fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_decay), lr=cfg.lr,
                              betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, fused=fused or None)
 
 
 def build_sgd(cfg: SGDConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD over the model's parameter groups."""
-    return torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+    return torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_decay), lr=cfg.lr,
                            momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 

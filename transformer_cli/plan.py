@@ -24,6 +24,7 @@ from transformer_cli.device import resolve_device, resolve_precision
 from transformer_cli.loop import steps_per_epoch, total_steps
 from transformer_cli.optim import schedule_fn, warmup_steps_of
 from transformer_cli.prepare import prepare_training_data
+from transformer_cli.pretrained.settings import start_from
 from transformer_cli.tasks import monitor_of
 from transformer_cli.validate import check_train_config
 
@@ -81,7 +82,8 @@ def make_plan(cfg: DictConfig) -> Plan:
     monitor, mode = monitor_of(cfg.task.name, cfg.trainer.monitor)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
-    prep = prepare_training_data(cfg)  # a missing file or column fails here, naming it
+    cfg, pretrained = start_from(cfg)  # a pretrained model's architecture comes from its directory
+    prep = prepare_training_data(cfg, pretrained=pretrained)  # a missing file or column fails here, naming it
     with torch.device("meta"):
         model = prep.task.build_model(cfg.model, prep.tokenizer.get_vocab_size())
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -18,6 +18,8 @@ from transformer_cli.data.loading import RawSplit, load_splits
 from transformer_cli.data.tokenize import encode, train_tokenizer
 from transformer_cli.distributed import SINGLE, Dist
 from transformer_cli.losses.base import LossContext
+from transformer_cli.pretrained.directory import Pretrained
+from transformer_cli.pretrained.settings import pretrained_tokenizer
 from transformer_cli.restore import Restored
 from transformer_cli.tasks import TASKS, Task, build_task
 
@@ -33,8 +35,10 @@ class Prepared:
     loss_context: LossContext
 
 
-def prepare_training_data(cfg: DictConfig, resumed: Restored | None = None, dist: Dist = SINGLE) -> Prepared:
-    """Load splits, learn the task state and vocabulary on train (or take them from `resumed`), encode.
+def prepare_training_data(cfg: DictConfig, resumed: Restored | None = None, dist: Dist = SINGLE,
+                          pretrained: Pretrained | None = None) -> Prepared:
+    """Load splits, learn the task state and vocabulary on train (or take them from `resumed`; a `pretrained`
+    model brings its own tokenizer), encode.
 
     With several processes rank 0 fetches the data first (one download into the cache) and learns the label
     set and vocabulary; the other ranks receive them, so every rank encodes with the same ones."""
@@ -43,23 +47,28 @@ def prepare_training_data(cfg: DictConfig, resumed: Restored | None = None, dist
     if resumed is not None:
         task, tokenizer = resumed.task, resumed.tokenizer
     else:
-        task, tokenizer = learn_task(cfg, raw["train"], dist)
+        task, tokenizer = learn_task(cfg, raw["train"], dist, pretrained)
     targets = {name: task.encode_targets(split.labels, split.where) for name, split in raw.items()}
     splits = {name: EncodedSplit(encode(tokenizer, s.texts, s.pairs), targets[name]) for name, s in raw.items()}
     return Prepared(task=task, splits=splits, sizes={k: len(v) for k, v in raw.items()}, tokenizer=tokenizer,
                     loss_context=task.loss_context(targets["train"]))
 
 
-def learn_task(cfg: DictConfig, train: RawSplit, dist: Dist = SINGLE) -> tuple[Task, Tokenizer]:
+def learn_task(cfg: DictConfig, train: RawSplit, dist: Dist = SINGLE,
+               pretrained: Pretrained | None = None) -> tuple[Task, Tokenizer]:
     """The task and the input tokenizer, learned from the training split (on rank 0, shared with the rest)."""
-    state, tokenizer = _fit_vocabularies(cfg, train) if dist.is_main else (None, None)
+    state, tokenizer = _fit_vocabularies(cfg, train, pretrained) if dist.is_main else (None, None)
     if dist.enabled:  # every rank encodes with rank 0's label set and vocabulary
         state, vocab = dist.broadcast((state, tokenizer.to_str() if dist.is_main else None))
         tokenizer = Tokenizer.from_str(vocab)
     return build_task(cfg.task, cfg.loss.name, state), tokenizer
 
 
-def _fit_vocabularies(cfg: DictConfig, train: RawSplit) -> tuple[dict[str, Any], Tokenizer]:
-    """The task's state (labels, target scaling or vocabulary) and the input tokenizer, learned on train."""
+def _fit_vocabularies(cfg: DictConfig, train: RawSplit,
+                      pretrained: Pretrained | None) -> tuple[dict[str, Any], Tokenizer]:
+    """The task's state (labels, target scaling or vocabulary) learned on train, and the input tokenizer:
+    trained on train, or the pretrained model's own."""
     state = TASKS[cfg.task.name].fit_state(train.labels, cfg.task, cfg.data.labels, train.where.source)
+    if pretrained is not None:
+        return state, pretrained_tokenizer(pretrained, cfg.data.tokenizer.max_length)
     return state, train_tokenizer(train.texts + (train.pairs or []), cfg.data.tokenizer)

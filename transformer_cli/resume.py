@@ -13,6 +13,7 @@ from transformer_cli.checkpoint import CheckpointDir
 from transformer_cli.distributed import Dist
 from transformer_cli.errors import TformerError
 from transformer_cli.files import write_text_atomic
+from transformer_cli.pretrained.settings import adopt
 from transformer_cli.restore import Restored, restore
 from transformer_cli.validate import to_plain
 
@@ -38,18 +39,21 @@ def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     return path / "checkpoints" / "last" if (path / "checkpoints" / "last").is_dir() else path
 
 
-def resume_from(cfg: DictConfig, run_dir: Path, dist: Dist) -> Restored | None:
-    """The checkpoint this run continues, rebuilt with its training state, or None for a fresh start.
+def resume_from(cfg: DictConfig, run_dir: Path, dist: Dist) -> tuple[DictConfig, Restored | None]:
+    """The checkpoint this run continues, rebuilt with its training state (None for a fresh start), and the
+    config completed with the checkpoint's pretrained-model settings (no model directory is needed).
 
     Rank 0 chooses it; with several processes every rank restores the one rank 0 chose."""
     path = find_resume(cfg, run_dir) if dist.is_main else None
     if dist.enabled:
         path = dist.broadcast(path)
     if path is None:
-        return None
+        return cfg, None
     restored = restore(path, trainer_state=True)
+    if cfg.model.source is not None:
+        cfg = adopt(cfg, restored.config)
     check_resume_config(cfg, restored.config, restored.path)
-    return restored
+    return cfg, restored
 
 
 def check_resume_config(cfg: DictConfig, saved: DictConfig, source: Path) -> None:

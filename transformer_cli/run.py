@@ -36,6 +36,8 @@ from transformer_cli.model import count_parameters
 from transformer_cli.optim import build_optimizer, build_scheduler
 from transformer_cli.plots import plot_curves
 from transformer_cli.prepare import Prepared, prepare_training_data
+from transformer_cli.pretrained.directory import Pretrained
+from transformer_cli.pretrained.settings import load_pretrained_weights, start_from
 from transformer_cli.restore import Restored, restore, restore_loss
 from transformer_cli.results import print_results
 from transformer_cli.resume import continue_metrics, resume_from
@@ -79,17 +81,24 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             run_dir.mkdir(parents=True, exist_ok=True)
         else:
             logging.getLogger().setLevel(logging.WARNING)  # one log: rank 0's
-        return _train(start_session(cfg, run_dir, dist, device), start)
+        cfg, resumed = resume_from(cfg, run_dir, dist)
+        cfg, pretrained = start_from(cfg, dist) if resumed is None else (cfg, None)
+        return _train(start_session(cfg, run_dir, dist, device, resumed, pretrained), start)
     finally:
         teardown_distributed()
 
 
-def start_session(cfg: DictConfig, run_dir: Path, dist: Dist, device: torch.device) -> Session:
-    """Resume or start: data, task, model, loss, optimizer and schedule on this process's device."""
-    resumed = resume_from(cfg, run_dir, dist)
+def start_session(cfg: DictConfig, run_dir: Path, dist: Dist, device: torch.device, resumed: Restored | None,
+                  pretrained: Pretrained | None) -> Session:
+    """Data, task, model, loss, optimizer and schedule on this process's device: resumed from a checkpoint,
+    started from a pretrained encoder, or from scratch."""
     seed_everything(cfg.seed, cfg.trainer.deterministic, cfg.trainer.threads)
-    prep = prepare_training_data(cfg, resumed, dist)
+    prep = prepare_training_data(cfg, resumed, dist, pretrained)
     model = resumed.model if resumed else prep.task.build_model(cfg.model, prep.tokenizer.get_vocab_size())
+    if pretrained is not None:
+        load_pretrained_weights(model, pretrained)
+    if cfg.model.freeze_layers:  # not stored in a checkpoint: a resumed run freezes again
+        model.encoder.freeze(cfg.model.freeze_layers)
     model.to(device)
     if dist.rank > 0:  # the same initial weights (DDP also broadcasts rank 0's), but its own dropout stream
         torch.manual_seed(rank_seed(cfg.seed, dist.rank))

@@ -46,6 +46,12 @@ def schema_of(group: str, name: str | None) -> type | None:
     return table[name].schema if table is not None and name in table else None
 
 
+# Model settings a pretrained model's config.json decides; the presets leave them null until it is read.
+ARCHITECTURE = ("family", "d_model", "n_layers", "n_heads", "d_ff", "activation", "norm", "positional",
+                "max_positions", "embed_scale", "embed_norm", "type_vocab_size", "position_offset", "norm_eps",
+                "pad_id")
+
+
 def register_schemas() -> None:
     """Store every schema in Hydra's ConfigStore; the YAML files name them in their defaults."""
     cs = ConfigStore.instance()
@@ -59,29 +65,19 @@ def register_schemas() -> None:
 
 
 def check_train_config(cfg: DictConfig) -> None:
-    """Cross-group checks that a dataclass cannot express: loss fits task, metric exists, sizes agree."""
+    """Cross-group checks that a dataclass cannot express: loss fits task, metric exists, sizes agree.
+
+    A pretrained model's architecture is read from its directory later (pretrained/settings.py); until then
+    its settings are null and only the rest is checked here."""
     _refuse_targets(OmegaConf.to_container(cfg, resolve=False), "the config", "", interpolations=True)
     target_kind(cfg.task.name, cfg.loss.name)  # the loss fits the task
     monitor_of(cfg.task.name, cfg.trainer.monitor)  # the monitored metric is one of the task's
-    m = cfg.model
-    if m.d_model % m.n_heads:
-        raise TformerError(
-            f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}",
-            hint="pick n_heads that divides d_model (e.g. 4 or 8)",
-        )
-    _check_choice("model.norm", m.norm, ("pre", "post"))
-    _check_choice("model.positional", m.positional, ("sinusoidal", "learned"))
-    _check_choice("model.activation", m.activation, ("gelu", "relu"))
+    _check_pretrained(cfg)
+    if cfg.model.source is None or cfg.model.d_model is not None:
+        _check_model(cfg)
     _check_choice("data.source", cfg.data.source, ("builtin", "local", "hub"))
-    _check_choice("data.tokenizer.kind", cfg.data.tokenizer.kind, ("bpe", "wordpiece"))
     _check_choice("trainer.precision", cfg.trainer.precision, ("auto", "fp32", "bf16", "fp16"))
     _check_choice("trainer.nan_policy", cfg.trainer.nan_policy, ("error", "skip", "off"))
-    if cfg.data.tokenizer.max_length > m.max_positions:
-        raise TformerError(
-            f"data.tokenizer.max_length={cfg.data.tokenizer.max_length} exceeds "
-            f"model.max_positions={m.max_positions}",
-            hint="lower the one or raise the other",
-        )
     if cfg.trainer.max_steps < 0 and cfg.trainer.max_epochs <= 0:
         raise TformerError("training has no end: trainer.max_steps=-1 and trainer.max_epochs<=0",
                            hint="set trainer.max_epochs or trainer.max_steps to a positive number")
@@ -90,6 +86,54 @@ def check_train_config(cfg: DictConfig) -> None:
             raise TformerError(f"trainer.{key} must be positive, got {cfg.trainer[key]}")
     if cfg.trainer.max_tokens < 0:
         raise TformerError(f"trainer.max_tokens must be 0 (off) or positive, got {cfg.trainer.max_tokens}")
+
+
+def _check_model(cfg: DictConfig) -> None:
+    """The model's sizes and switches agree with each other and with the tokenizer's length."""
+    m = cfg.model
+    unset = [k for k in ARCHITECTURE if m[k] is None]
+    if cfg.data.tokenizer.max_length is None:
+        unset.append("data.tokenizer.max_length")
+    if unset:
+        name = unset[0] if "." in unset[0] else f"model.{unset[0]}"
+        raise TformerError(f"{name} is null", hint="set it, or start from a pretrained model (model=pretrained)")
+    if m.d_model % m.n_heads:
+        raise TformerError(
+            f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}",
+            hint="pick n_heads that divides d_model (e.g. 4 or 8)",
+        )
+    _check_choice("model.norm", m.norm, ("pre", "post"))
+    _check_choice("model.positional", m.positional, ("sinusoidal", "learned"))
+    _check_choice("model.activation", m.activation, ("gelu", "gelu_tanh", "relu"))
+    _check_choice("model.family", m.family, ("tformer", "bert", "roberta", "distilbert"))
+    longest = cfg.data.tokenizer.max_length + m.position_offset
+    if longest > m.max_positions:
+        raise TformerError(
+            f"data.tokenizer.max_length={cfg.data.tokenizer.max_length}"
+            + (f" (+ {m.position_offset}, where this model's positions start)" if m.position_offset else "")
+            + f" exceeds model.max_positions={m.max_positions}",
+            hint="lower the one or raise the other",
+        )
+    if not 0 <= m.freeze_layers <= m.n_layers:
+        raise TformerError(f"model.freeze_layers={m.freeze_layers} is not between 0 and model.n_layers={m.n_layers}")
+
+
+def _check_pretrained(cfg: DictConfig) -> None:
+    """A pretrained model brings its own tokenizer, and a model trained from scratch trains one."""
+    m, kind = cfg.model, cfg.data.tokenizer.kind
+    if m.source is None:
+        _check_choice("data.tokenizer.kind", kind, ("bpe", "wordpiece"))
+        if m.freeze_layers:
+            raise TformerError("model.freeze_layers needs pretrained weights (model=pretrained, hub or minilm)")
+        return
+    _check_choice("model.source", m.source, ("local", "hub", "builtin"))
+    if kind != "pretrained":
+        raise TformerError(f"data.tokenizer.kind={kind} with a pretrained model: it is used with its own tokenizer",
+                           hint="data.tokenizer.kind=pretrained (model=pretrained, hub and minilm set it)")
+    needed = {"local": "path", "hub": "name", "builtin": "name"}[m.source]
+    if not m[needed]:
+        raise TformerError(f"model.source={m.source} needs model.{needed}",
+                           hint="e.g. model=pretrained model.path=DIR, model=hub model.name=bert-base-uncased")
 
 
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -76,12 +76,13 @@ def save_tokenizer(tok: Tokenizer, path: Path) -> None:
     tok.save(str(path))
 
 
-def load_tokenizer(path: Path) -> Tokenizer:
-    """Read a tokenizer JSON written by save_tokenizer."""
+def load_tokenizer(path: Path, trained: bool = True) -> Tokenizer:
+    """Read a tokenizer JSON written by save_tokenizer (`trained`: one tformer trained, [PAD] at id 0; else a
+    pretrained model's own)."""
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as err:
         raise TformerError(f"cannot read tokenizer {path}: {err}") from err
-    if tok.token_to_id(PAD) != PAD_ID:
+    if trained and tok.token_to_id(PAD) != PAD_ID:
         raise TformerError(f"tokenizer {path} does not have {PAD} at id {PAD_ID}; it was not written by tformer")
     return tok

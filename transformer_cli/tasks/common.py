@@ -78,7 +78,7 @@ def sequence_model(model_cfg: Any, vocab_size: int, num_outputs: int, task_cfg: 
     (B,) when there is one value per example); the task config gives the pooling and head dropout."""
     encoder = Encoder(vocab_size, model_cfg)  # first: a seed gives the same initial weights as ever
     return SequenceModel(encoder, SequenceHead(model_cfg.d_model, num_outputs, task_cfg.pooling,
-                                               task_cfg.head_dropout, squeeze=squeeze))
+                                               task_cfg.head_dropout, squeeze=squeeze, style=model_cfg.family))
 
 
 def sequence_forward(model: nn.Module, batch: Batch) -> Tensor:
