@@ -147,8 +147,16 @@ def _torch_export_runner(path: Path, restored: Restored) -> Runner:
 def _save_hf(module: ExportedModel, example: tuple[Tensor, Tensor], path: Path, cfg: DictConfig,
              restored: Restored) -> dict[str, Any]:
     """A Hugging Face directory (config.json, model.safetensors, tokenizer files) in the export folder."""
+    import importlib.util
+
     write_hf(restored, path.parent)
-    return {}
+    if importlib.util.find_spec("transformers") is None:
+        return {"checked_with": " (the written tensors read back into tformer's model; install transformers to "
+                                "check with its own classes)"}
+    import transformers
+
+    return {"transformers": transformers.__version__,
+            "checked_with": f" (run by transformers {transformers.__version__})"}
 
 
 def _hf_runner(path: Path, restored: Restored) -> Runner:
@@ -256,8 +264,8 @@ def export(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     worst = max(diffs.values())
     print(f"exported {train_cfg.task.name} model to {path} ({cfg.format}); outputs: "
           + ", ".join(f"{o['name']} ({', '.join(map(str, o['shape']))})" for o in card["outputs"])
-          + f"\nchecked against PyTorch on {len(batches)} batches of real texts: max abs diff {worst:.2e} "
-          f"(allowed {cfg.atol:g} + {cfg.rtol:g} x |output|)")
+          + f"\nchecked against PyTorch on {len(batches)} batches of real texts{extra.get('checked_with', '')}: "
+          f"max abs diff {worst:.2e} (allowed {cfg.atol:g} + {cfg.rtol:g} x |output|)")
     return card
 
 

@@ -24,6 +24,7 @@ from transformer_cli.device import resolve_device, resolve_precision
 from transformer_cli.loop import steps_per_epoch, total_steps
 from transformer_cli.optim import schedule_fn, warmup_steps_of
 from transformer_cli.prepare import prepare_training_data
+from transformer_cli.pretrained.directory import Pretrained
 from transformer_cli.pretrained.settings import start_from
 from transformer_cli.tasks import monitor_of
 from transformer_cli.validate import check_train_config
@@ -74,6 +75,7 @@ class Plan:
     lr: list[float] = field(repr=False)  # learning rate of each optimizer step
     warnings: list[str] = field(default_factory=list)
     task_line: str = ""  # what the task learned from the data and how it predicts (Task.describe)
+    model_line: str = ""  # the encoder, and where its weights start from
 
 
 def make_plan(cfg: DictConfig) -> Plan:
@@ -108,7 +110,17 @@ def make_plan(cfg: DictConfig) -> Plan:
         memory=memory_estimate(cfg, params, tokens.longest, precision.name), lr=lr)
     plan.warnings = warnings_of(plan, cfg)
     plan.task_line = prep.task.describe()
+    plan.model_line = describe_model(cfg.model, pretrained)
     return plan
+
+
+def describe_model(model: Any, pretrained: Pretrained | None) -> str:
+    """The encoder's shape, and whether it starts from pretrained weights (which, and what stays frozen)."""
+    shape = f"{model.n_layers} layers, d_model {model.d_model}, {model.n_heads} heads, {model.norm}-norm"
+    if pretrained is None:
+        return f"from scratch: {shape}"
+    frozen = f"; embeddings and {model.freeze_layers} layer(s) frozen" if model.freeze_layers else ""
+    return f"pretrained {model.family} from {pretrained.path}: {shape}{frozen}"
 
 
 def warmup_of(schedule: Any, total: int) -> int:
@@ -214,6 +226,7 @@ def print_plan(plan: Plan, cfg: DictConfig, console: Console | None = None) -> N
     console.print(f"[green]ok[/] loss {plan.loss} fits task {plan.task}; monitor {plan.monitor} "
                   f"({'higher' if plan.mode == 'max' else 'lower'} is better) is one of its metrics; "
                   f"data read: " + ", ".join(f"{k} {v:,}" for k, v in plan.examples.items()))
+    console.print(f"[bold]model[/]: {plan.model_line}")
     console.print(f"[bold]task[/]: {plan.task_line}")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")

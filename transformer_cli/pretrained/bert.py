@@ -59,7 +59,8 @@ def weight_names(n_layers: int) -> dict[str, tuple[str, ...]]:
     for i in range(n_layers):
         theirs, ours = f"encoder.layer.{i}.", f"layers.{i}."
         for kind in ("weight", "bias"):
-            names[f"{ours}attn.qkv.{kind}"] = tuple(f"{theirs}attention.self.{p}.{kind}" for p in ("query", "key", "value"))
+            qkv = ("query", "key", "value")
+            names[f"{ours}attn.qkv.{kind}"] = tuple(f"{theirs}attention.self.{p}.{kind}" for p in qkv)
             names[f"{ours}attn.out.{kind}"] = (f"{theirs}attention.output.dense.{kind}",)
             names[f"{ours}norm1.{kind}"] = (f"{theirs}attention.output.LayerNorm.{kind}",)
             names[f"{ours}ff.up.{kind}"] = (f"{theirs}intermediate.dense.{kind}",)

@@ -51,7 +51,8 @@ def weight_names(n_layers: int) -> dict[str, tuple[str, ...]]:
     for i in range(n_layers):
         theirs, ours = f"transformer.layer.{i}.", f"layers.{i}."
         for kind in ("weight", "bias"):
-            names[f"{ours}attn.qkv.{kind}"] = tuple(f"{theirs}attention.{p}_lin.{kind}" for p in ("q", "k", "v"))
+            qkv = ("q", "k", "v")
+            names[f"{ours}attn.qkv.{kind}"] = tuple(f"{theirs}attention.{p}_lin.{kind}" for p in qkv)
             names[f"{ours}attn.out.{kind}"] = (f"{theirs}attention.out_lin.{kind}",)
             names[f"{ours}norm1.{kind}"] = (f"{theirs}sa_layer_norm.{kind}",)
             names[f"{ours}ff.up.{kind}"] = (f"{theirs}ffn.lin1.{kind}",)

@@ -101,7 +101,8 @@ def write_tokenizer(restored: Restored, family: Family, out: Path) -> None:
     """tokenizer.json as trained with, and the small files that tell transformers its special tokens."""
     tokenizer = restored.tokenizer
     tokenizer.save(str(out / TOKENIZER))
-    specials = {role: token for role, token in family.special_tokens.items() if tokenizer.token_to_id(token) is not None}
+    specials = {role: token for role, token in family.special_tokens.items()
+                if tokenizer.token_to_id(token) is not None}
     inputs = ["input_ids", "token_type_ids", "attention_mask"] if restored.config.model.type_vocab_size > 1 \
         else ["input_ids", "attention_mask"]
     write_json(out / "tokenizer_config.json", {
