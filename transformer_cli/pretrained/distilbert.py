@@ -65,6 +65,7 @@ def hf_config(model: Any, head_dropout: float) -> dict[str, Any]:
     """The config.json keys of a DistilBERT with tformer's model settings (the inverse of architecture)."""
     return {"seq_classif_dropout": head_dropout, "vocab_size": model.vocab_size, "dim": model.d_model,
             "n_layers": model.n_layers, "n_heads": model.n_heads, "hidden_dim": model.d_ff,
-            "activation": ACTIVATION_NAMES[model.activation], "dropout": model.dropout, "attention_dropout": model.attn_dropout,
+            "activation": ACTIVATION_NAMES[model.activation], "dropout": model.dropout,
+            "attention_dropout": model.attn_dropout,
             "max_position_embeddings": model.max_positions, "pad_token_id": model.pad_id,
             "sinusoidal_pos_embds": False}
