@@ -1,12 +1,17 @@
-"""Shared fixtures: an offline, isolated environment and helpers that compose the real configs."""
+"""Shared fixtures: an offline, isolated environment, and helpers (as fixtures) that compose the real configs,
+run the real CLI, and write or read the files that several test files share.
+
+Tests take these by name as arguments; no test file imports this module (or any other test file).
+"""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -25,6 +30,8 @@ TINY = [
     "data.tokenizer.vocab_size=600",
     "trainer=debug",
 ]
+
+WORDS = "good bad fine awful great dull bright slow quick warm cold sharp".split()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,14 +57,96 @@ def keep_torch_threads() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def compose_train(overrides: list[str]) -> DictConfig:
-    """The real `tformer train` config with overrides, as Hydra composes it for the CLI."""
+# ----------------------------------------------------------------------------- the checkout, the configs, the CLI
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    """The repository root (the checkout under test): PYTHONPATH of CLI subprocesses, where `build` starts."""
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny() -> list[str]:
+    """Overrides for small, fast runs on real data (tests unpack it; none may change it in place)."""
+    return TINY
+
+
+def _compose(command: str, overrides: list[str]) -> DictConfig:
+    """A command's real config with overrides, as Hydra composes it for the CLI."""
     register_schemas()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose(command, overrides=overrides)
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m transformer_cli ...` as a user would, capturing its output."""
-    return subprocess.run([sys.executable, "-m", "transformer_cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+@pytest.fixture(scope="session")
+def compose_train() -> Callable[[list[str]], DictConfig]:
+    """compose_train(overrides): the real `tformer train` config with overrides, as Hydra composes it for the CLI."""
+    def compose_train(overrides: list[str]) -> DictConfig:
+        return _compose("train", overrides)
+
+    return compose_train
+
+
+@pytest.fixture(scope="session")
+def compose_predict() -> Callable[[list[str]], DictConfig]:
+    """compose_predict(overrides): the real `tformer predict` config with overrides."""
+    def compose_predict(overrides: list[str]) -> DictConfig:
+        return _compose("predict", overrides)
+
+    return compose_predict
+
+
+@pytest.fixture(scope="session")
+def run_cli(repo: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """run_cli(args, cwd, timeout=300): run `python -m transformer_cli ...` as a user would, capturing its output."""
+    def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "transformer_cli", *args], cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(repo)})
+
+    return run_cli
+
+
+# ----------------------------------------------------------------------------- files and texts of several test files
+
+
+@pytest.fixture(scope="session")
+def write_input() -> Callable[[Path, str | bytes], str]:
+    """write_input(path, data): write a small input file for `predict`; returns its path as a string."""
+    def write_input(path: Path, data: str | bytes) -> str:
+        path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        return str(path)
+
+    return write_input
+
+
+@pytest.fixture(scope="session")
+def sentence() -> Callable[[int], str]:
+    """sentence(i): a deterministic text whose length varies with i (3 to 17 words)."""
+    def sentence(i: int) -> str:
+        return " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(3 + i % 15))
+
+    return sentence
+
+
+@pytest.fixture(scope="session")
+def read_csv() -> Callable[[Path], list[dict[str, str]]]:
+    """read_csv(path): rows of a CSV file as dicts of strings."""
+    def read_csv(path: Path) -> list[dict[str, str]]:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    return read_csv
+
+
+@pytest.fixture(scope="session")
+def scalars() -> Callable[[Path], dict[str, list[tuple[int, float]]]]:
+    """scalars(log_dir): every scalar series in a TensorBoard log directory, read with TensorBoard's own reader."""
+    def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(log_dir))
+        acc.Reload()
+        return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+    return scalars

@@ -1,0 +1,52 @@
+"""The benchmark script's smoke run, so it cannot rot (no timing assertions).
+
+scripts/ is run from the repository root, not installed: pyproject.toml's pytest `pythonpath` puts the root on
+sys.path."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts.bench import runner
+
+
+def _finite_numbers(tree: object) -> bool:
+    """Every number in a JSON tree is finite (None only where a value is absent)."""
+    if isinstance(tree, dict):
+        return all(_finite_numbers(v) for v in tree.values())
+    if isinstance(tree, list):
+        return all(_finite_numbers(v) for v in tree)
+    return not isinstance(tree, float) or math.isfinite(tree)
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "scripts.bench", "--smoke", "--out", str(out)], cwd=repo,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert {"meta", "matmul_peak", "contenders", "ratios", "padding", "memory", "sweep", "goals"} <= set(results)
+    assert _finite_numbers(results)
+    has_hf = "transformers" in results["meta"]["versions"]
+    default = {n: s for n, s in runner.CONTENDERS.items() if n not in runner.WHAT_IF}  # --what-if adds the rest
+    expected = set(default) if has_hf else {n for n, s in default.items() if not s.needs_hf}
+    assert set(results["contenders"]) == expected
+    if not has_hf:
+        assert "Hugging Face rows skipped" in proc.stderr
+    for name, ratio in results["ratios"].items():
+        for key in ("epoch_s", "real_tokens_per_s", "mfu_real"):
+            assert math.isfinite(ratio[key]["median"]) and ratio[key]["median"] > 0, (name, key)
+    for c in results["contenders"].values():
+        assert {"step_ms", "real_tokens_per_s", "epoch_s", "mfu_real", "mfu_padded", "epoch"} <= set(c)
+    assert set(results["padding"]) == {"rotten_tomatoes", "vader"}
+    assert all(m["peak_rss_mib"] > 0 for m in results["memory"].values())
+    assert results["sweep"]["one_thread_over_fighting"] > 0
+    assert "Goals" in proc.stdout

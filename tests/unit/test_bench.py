@@ -1,0 +1,81 @@
+"""The benchmark script: its arithmetic and its verdicts (its smoke run: tests/e2e/test_bench.py).
+
+scripts/ is run from the repository root, not installed: pyproject.toml's pytest `pythonpath` puts the root on
+sys.path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scripts.bench import report, runner
+from scripts.bench.contenders import EpochShape, Step
+from scripts.bench.flops import ModelShape, batch_flops, step_flops
+from scripts.bench.workload import padded_tokens, padding_fraction, representative
+
+
+def test_step_flops_counts_matmuls_attention_and_head() -> None:
+    shape = ModelShape(d_model=4, n_layers=2, d_ff=8, n_outputs=3)
+    assert shape.matmul_params == 2 * (4 * 16 + 2 * 4 * 8)
+    rows = np.array([3, 5])
+    expected = 6 * 256 * 8 + 12 * 2 * 4 * (9 + 25) + 6 * (16 + 12) * 2
+    assert step_flops(shape, rows) == expected
+
+
+def test_batch_flops_padded_counts_every_row_at_the_width() -> None:
+    shape = ModelShape(8, 1, 16, 2)
+    lengths = np.array([2, 7, 4])
+    real, padded = batch_flops(shape, lengths, np.array([0, 2]))
+    assert real == step_flops(shape, np.array([2, 4]))
+    assert padded == step_flops(shape, np.array([4, 4]))
+    assert batch_flops(shape, lengths, np.array([0, 2]), width=10)[1] == step_flops(shape, np.array([10, 10]))
+
+
+def test_padding_fraction_and_padded_tokens() -> None:
+    lengths = np.array([1, 3, 2, 2])
+    batches = [np.array([0, 1]), np.array([2, 3])]
+    assert padded_tokens(batches, lengths) == 2 * 3 + 2 * 2
+    assert padding_fraction(batches, lengths) == pytest.approx(1 - 8 / 10)
+    assert padding_fraction(batches, lengths, pad_to=4) == pytest.approx(1 - 8 / 16)
+
+
+def test_representative_spans_the_sizes_with_full_batches_only() -> None:
+    lengths = np.arange(1, 101)
+    batches = [np.arange(i, i + 10) for i in range(0, 100, 10)] + [np.array([99])]
+    picks = representative(batches, lengths, 3, seed=0)
+    widths = sorted(int(lengths[b].max()) for b in picks)
+    assert widths == [10, 50, 100] and all(len(b) == 10 for b in picks)
+
+
+def test_block_figures_extrapolate_by_padded_tokens() -> None:
+    steps = [Step(0.5, 80, 100, 1e9, 2e9), Step(1.5, 160, 200, 3e9, 4e9)]
+    figures = runner.block_figures(steps, EpochShape(batches=30, real_tokens=2400, padded_tokens=3000),
+                                   peak_gflops=10.0)
+    assert figures["epoch_s"] == pytest.approx(2.0 * 3000 / 300)
+    assert figures["real_tokens_per_s"] == pytest.approx(120.0)
+    assert figures["mfu_real"] == pytest.approx(4e9 / 2.0 / 10e9)
+    assert figures["step_ms"] == pytest.approx(1000.0)
+
+
+def _fake(epoch_s: float, mfu: float) -> dict:
+    reps = [{"epoch_s": epoch_s, "real_tokens_per_s": 1 / epoch_s, "mfu_real": mfu}] * 3
+    return {"reps": reps, "mfu_real": {"median": mfu}}
+
+
+def test_goals_report_met_and_missed() -> None:
+    contenders = {"ours": _fake(10, 0.6), "hf_trainer_pad": _fake(40, 0.2), "hf_trainer_grouped": _fake(11, 0.55),
+                  "hf_loop_same": _fake(12, 0.5)}
+    ratios = {n: {k: runner.paired_ratio(contenders["ours"], c, k) for k in ("epoch_s", "mfu_real")}
+              for n, c in contenders.items() if n != "ours"}
+    padding = {"rotten_tomatoes": {"padding_fraction": {"bucketed (ours)": 0.03}, "mean_tokens": 28.0,
+                                   "batch_size": 32}}
+    sweep = {"one_thread_over_fighting": 1.4, "cores": 2}
+    goals = {g["goal"]: g for g in report.goals({"contenders": contenders, "ratios": ratios, "padding": padding,
+                                                  "sweep": sweep})}
+    assert goals["epoch time vs HF classification example defaults"]["met"] is True  # 0.25 <= 1/3
+    assert goals["epoch time vs HF Trainer, best settings"]["met"] is False  # 0.91 > 1/1.2
+    assert goals["MFU (real tokens) vs HF plain loop, same padded shapes"]["measured"] == pytest.approx(1.2)
+    assert goals["MFU (real tokens) vs HF plain loop, both padded to max_length"]["met"] is None  # not run
+    assert goals["our MFU (real tokens) vs model-shape matmul peak"]["met"] is False
+    assert goals["padding waste on rotten_tomatoes"]["met"] is True
+    assert goals["parallel sweep: N jobs x 1 thread / N jobs x N threads"]["met"] is True
