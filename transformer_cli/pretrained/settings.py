@@ -64,6 +64,8 @@ def adopt(cfg: DictConfig, saved: DictConfig) -> DictConfig:
     out = copy.deepcopy(cfg)
     for key in SETTINGS:
         out.model[key] = _settled(cfg.model, key, saved.model[key], "the checkpoint's config.yaml")
+    if cfg.data.tokenizer.max_length is None:  # the model's own length, as the run found it
+        out.data.tokenizer.max_length = saved.data.tokenizer.max_length
     return out
 
 
