@@ -175,7 +175,7 @@ class ExportConfig:
     """The `tformer export` config: a checkpoint, a format, and how closely the export must match PyTorch."""
 
     ckpt: str = MISSING  # a checkpoint directory, or a run directory (its checkpoints/best is used)
-    format: str = "onnx"  # onnx | torch_export
+    format: str = "onnx"  # onnx | torch_export | hf (a transformers classifier directory: pretrained models)
     out: str | None = None  # directory for the exported files (default: this command's run directory)
     file: str | None = None  # sample texts for the check (the checkpoint's columns); default: its validation split
     samples: int = 8  # texts per check batch

@@ -7,12 +7,14 @@ config: its positions count real tokens from padding_idx + 1, and it has a singl
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from transformer_cli.pretrained.common import (
     ACTIVATION_NAMES,
     ACTIVATIONS,
     ConfigReader,
+    layered_names,
 )
 
 # config.json keys these families read, and keys of Hugging Face's generic config that change nothing here.
@@ -47,27 +49,22 @@ def architecture(config: ConfigReader, roberta: bool) -> dict[str, Any]:
     }
 
 
-def weight_names(n_layers: int) -> dict[str, tuple[str, ...]]:
-    """tformer encoder tensor -> the BERT tensors it is made of (several: concatenated along rows)."""
-    names: dict[str, tuple[str, ...]] = {
-        "embed.tokens.weight": ("embeddings.word_embeddings.weight",),
-        "embed.positions.weight": ("embeddings.position_embeddings.weight",),
-        "embed.types.weight": ("embeddings.token_type_embeddings.weight",),
-        "embed.norm.weight": ("embeddings.LayerNorm.weight",),
-        "embed.norm.bias": ("embeddings.LayerNorm.bias",),
-    }
-    for i in range(n_layers):
-        theirs, ours = f"encoder.layer.{i}.", f"layers.{i}."
-        for kind in ("weight", "bias"):
-            qkv = ("query", "key", "value")
-            names[f"{ours}attn.qkv.{kind}"] = tuple(f"{theirs}attention.self.{p}.{kind}" for p in qkv)
-            names[f"{ours}attn.out.{kind}"] = (f"{theirs}attention.output.dense.{kind}",)
-            names[f"{ours}norm1.{kind}"] = (f"{theirs}attention.output.LayerNorm.{kind}",)
-            names[f"{ours}ff.up.{kind}"] = (f"{theirs}intermediate.dense.{kind}",)
-            names[f"{ours}ff.down.{kind}"] = (f"{theirs}output.dense.{kind}",)
-            names[f"{ours}norm2.{kind}"] = (f"{theirs}output.LayerNorm.{kind}",)
-    return names
-
+EMBEDDINGS = {
+    "embed.tokens.weight": ("embeddings.word_embeddings.weight",),
+    "embed.positions.weight": ("embeddings.position_embeddings.weight",),
+    "embed.types.weight": ("embeddings.token_type_embeddings.weight",),
+    "embed.norm.weight": ("embeddings.LayerNorm.weight",),
+    "embed.norm.bias": ("embeddings.LayerNorm.bias",),
+}
+LAYER = {  # tformer's modules in a layer -> BERT's (the fused query/key/value projection is made of three)
+    "attn.qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
+    "attn.out": ("attention.output.dense",),
+    "norm1": ("attention.output.LayerNorm",),
+    "ff.up": ("intermediate.dense",),
+    "ff.down": ("output.dense",),
+    "norm2": ("output.LayerNorm",),
+}
+weight_names = partial(layered_names, EMBEDDINGS, "encoder.layer.{i}.", LAYER)
 
 POOLER = {"dense.weight": "pooler.dense.weight", "dense.bias": "pooler.dense.bias"}  # head tensor -> BERT's
 

@@ -62,3 +62,17 @@ class ConfigReader:
         if value != expected:
             raise TformerError(f"{self.path}: {key}={value!r} is not supported (tformer reproduces {expected!r})",
                                hint="choose a checkpoint with the standard architecture")
+
+
+def layered_names(embeddings: dict[str, tuple[str, ...]], layer: str, layers: dict[str, tuple[str, ...]],
+                 n_layers: int) -> dict[str, tuple[str, ...]]:
+    """tformer encoder tensor -> the family's tensors it is made of (several: concatenated along rows).
+
+    `embeddings` names whole tensors; `layers` names each layer's modules (tformer's -> theirs, with `layer`,
+    e.g. "encoder.layer.{i}.", before them), each with a weight and a bias."""
+    names = dict(embeddings)
+    for i in range(n_layers):
+        for ours, theirs in layers.items():
+            for kind in ("weight", "bias"):
+                names[f"layers.{i}.{ours}.{kind}"] = tuple(f"{layer.format(i=i)}{t}.{kind}" for t in theirs)
+    return names

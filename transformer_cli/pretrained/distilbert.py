@@ -6,12 +6,14 @@ over the embeddings, no token types, and every LayerNorm at eps 1e-12.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from transformer_cli.pretrained.common import (
     ACTIVATION_NAMES,
     ACTIVATIONS,
     ConfigReader,
+    layered_names,
 )
 
 READ = ("dim", "n_layers", "n_heads", "hidden_dim", "activation", "max_position_embeddings", "pad_token_id",
@@ -40,25 +42,21 @@ def architecture(config: ConfigReader) -> dict[str, Any]:
     }
 
 
-def weight_names(n_layers: int) -> dict[str, tuple[str, ...]]:
-    """tformer encoder tensor -> the DistilBERT tensors it is made of (several: concatenated along rows)."""
-    names: dict[str, tuple[str, ...]] = {
-        "embed.tokens.weight": ("embeddings.word_embeddings.weight",),
-        "embed.positions.weight": ("embeddings.position_embeddings.weight",),
-        "embed.norm.weight": ("embeddings.LayerNorm.weight",),
-        "embed.norm.bias": ("embeddings.LayerNorm.bias",),
-    }
-    for i in range(n_layers):
-        theirs, ours = f"transformer.layer.{i}.", f"layers.{i}."
-        for kind in ("weight", "bias"):
-            qkv = ("q", "k", "v")
-            names[f"{ours}attn.qkv.{kind}"] = tuple(f"{theirs}attention.{p}_lin.{kind}" for p in qkv)
-            names[f"{ours}attn.out.{kind}"] = (f"{theirs}attention.out_lin.{kind}",)
-            names[f"{ours}norm1.{kind}"] = (f"{theirs}sa_layer_norm.{kind}",)
-            names[f"{ours}ff.up.{kind}"] = (f"{theirs}ffn.lin1.{kind}",)
-            names[f"{ours}ff.down.{kind}"] = (f"{theirs}ffn.lin2.{kind}",)
-            names[f"{ours}norm2.{kind}"] = (f"{theirs}output_layer_norm.{kind}",)
-    return names
+EMBEDDINGS = {
+    "embed.tokens.weight": ("embeddings.word_embeddings.weight",),
+    "embed.positions.weight": ("embeddings.position_embeddings.weight",),
+    "embed.norm.weight": ("embeddings.LayerNorm.weight",),
+    "embed.norm.bias": ("embeddings.LayerNorm.bias",),
+}
+LAYER = {  # tformer's modules in a layer -> DistilBERT's (the fused query/key/value projection is made of three)
+    "attn.qkv": ("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+    "attn.out": ("attention.out_lin",),
+    "norm1": ("sa_layer_norm",),
+    "ff.up": ("ffn.lin1",),
+    "ff.down": ("ffn.lin2",),
+    "norm2": ("output_layer_norm",),
+}
+weight_names = partial(layered_names, EMBEDDINGS, "transformer.layer.{i}.", LAYER)
 
 
 def hf_config(model: Any, head_dropout: float) -> dict[str, Any]:

