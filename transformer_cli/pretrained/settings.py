@@ -50,7 +50,8 @@ def resolve(cfg: DictConfig, pretrained: Pretrained) -> DictConfig:
     out = copy.deepcopy(cfg)  # the caller's config stays as composed
     for key, value in pretrained.settings.items():
         out.model[key] = _settled(cfg.model, key, value, str(pretrained.path / "config.json"))
-    own = pretrained.max_length or pretrained.settings["max_positions"] - pretrained.settings["position_offset"]
+    longest = pretrained.settings["max_positions"] - pretrained.settings["position_offset"]
+    own = min(pretrained.max_length or longest, longest)  # its tokenizer's truncation, within its positions
     if cfg.data.tokenizer.max_length is None:
         out.data.tokenizer.max_length = own  # the model's own length, unless the run asks for another
     elif cfg.data.tokenizer.max_length > own:
