@@ -295,9 +295,9 @@ def sample_texts(cfg: DictConfig, train_cfg: DictConfig) -> tuple[list[str], lis
 
     try:
         if cfg.file:
-            raw = read_eval_file(Path(cfg.file), train_cfg.data)
+            raw = read_eval_file(Path(cfg.file), train_cfg.data, labels=False)  # texts are all the check needs
             return raw.texts, raw.pairs, str(cfg.file)
-        raw = load_splits(train_cfg.data)["validation"]
+        raw = load_splits(train_cfg.data, labels=False)["validation"]
     except TformerError as err:
         raise TformerError(f"export checks the model on real texts, but the checkpoint's data cannot be read: "
                            f"{err.message}", hint="pass file=<a file with the training columns>") from err
