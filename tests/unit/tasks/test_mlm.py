@@ -22,9 +22,9 @@ def corpus(n: int = 300, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 20))) for _ in range(n)]
 
 
-def make_task(**settings: object) -> tuple[MLMTask, object]:
+def make_task(vocab_size: int = 120, **settings: object) -> tuple[MLMTask, object]:
     """An MLM task over a tokenizer trained (with [MASK]) on the corpus."""
-    tokenizer = train_tokenizer(corpus(), TokenizerConfig(vocab_size=120, min_frequency=1), (MASK,))
+    tokenizer = train_tokenizer(corpus(), TokenizerConfig(vocab_size=vocab_size, min_frequency=1), (MASK,))
     cfg = OmegaConf.structured(MLMConfig(**settings))
     return MLMTask(cfg, "index", MLMTask.fit_state([None] * 3, cfg, None, "corpus", tokenizer)), tokenizer
 
@@ -86,7 +86,7 @@ def test_held_out_masks_are_fixed_and_training_masks_are_fresh() -> None:
 
 def test_whole_words_are_masked_together() -> None:
     """With whole_words, every piece of a chosen word is chosen; words are cut into several pieces here."""
-    task, tokenizer = make_task(whole_words=True, mask_prob=0.3)
+    task, tokenizer = make_task(vocab_size=45, whole_words=True, mask_prob=0.3)
     batch = batch_of(tokenizer, corpus(300, seed=2))
     torch.manual_seed(0)
     _, chosen = task.mask(batch.input_ids, batch.mask, None)

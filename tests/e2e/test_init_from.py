@@ -23,6 +23,7 @@ def earlier_run(tmp_path_factory: pytest.TempPathFactory, compose_train: Callabl
     return run
 
 
+@pytest.mark.slow
 def test_the_encoder_is_copied_exactly_and_the_head_is_fresh(earlier_run: Path, compose_train: Callable,
                                                               tiny: list[str]) -> None:
     cfg, begin = start_from(compose_train(["task=classify", *tiny, f"model.init_from={earlier_run}"]))
@@ -41,12 +42,14 @@ def test_the_encoder_is_copied_exactly_and_the_head_is_fresh(earlier_run: Path, 
     assert all(torch.equal(v, model.head.state_dict()[k]) for k, v in head.items())  # untouched
 
 
+@pytest.mark.slow
 def test_other_model_settings_are_refused_by_name(earlier_run: Path, compose_train: Callable,
                                                   tiny: list[str]) -> None:
     with pytest.raises(TformerError, match=r"model.d_model=256, but the model it starts from has 64"):
         start_from(compose_train(["task=classify", *tiny, "model=base", f"model.init_from={earlier_run}"]))
 
 
+@pytest.mark.slow
 def test_a_tensor_that_does_not_fit_is_named(earlier_run: Path, compose_train: Callable, tiny: list[str]) -> None:
     from transformer_cli.config import ModelConfig
     from transformer_cli.tasks import build_task
