@@ -47,6 +47,10 @@ def override_for(group: str, option: str) -> list[str]:
         return ["data=hub", "data.name=imdb"]
     if group == "task" and option == "multilabel":
         return ["task=multilabel", "data.train=x.csv"]
+    if group == "model" and option == "pretrained":
+        return ["model=pretrained", "model.path=some/model"]
+    if group == "model" and option == "hub":
+        return ["model=hub", "model.name=some/model"]
     return [f"{group}={option}"]
 
 
@@ -66,7 +70,9 @@ def test_every_yaml_composes_and_builds(group: str, option: str, compose_train: 
     check_train_config(cfg)
     assert cfg.task.name in TASKS and cfg.loss.name in LOSSES
     assert cfg.optim.name in OPTIMIZERS and cfg.schedule.name in SCHEDULES
-    if group == "model" or group == "experiment":
+    if cfg.model.source is not None:  # its architecture comes from its directory (tests/unit/pretrained)
+        assert cfg.model.d_model is None and cfg.data.tokenizer.kind == "pretrained"
+    elif group == "model" or group == "experiment":
         Encoder(100, cfg.model)
     model = torch.nn.Linear(4, 2)
     optimizer = build_optimizer(cfg.optim, model)
