@@ -119,8 +119,8 @@ def test_mismatching_export_fails_and_is_removed(checkpoints: dict[str, Path], t
     """If the exported model computes something else, export fails with the difference and keeps no file."""
     fmt = export_mod.FORMATS["torch_export"]
 
-    def broken(path: Path) -> export_mod.Runner:
-        run = fmt.load(path)
+    def broken(path: Path, restored: object) -> export_mod.Runner:
+        run = fmt.load(path, restored)
         return lambda ids, mask: [o * 1.01 + 0.01 for o in run(ids, mask)]
 
     monkeypatch.setitem(export_mod.FORMATS, "torch_export", dataclasses.replace(fmt, load=broken))
