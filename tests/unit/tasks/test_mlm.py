@@ -113,3 +113,16 @@ def test_a_tokenizer_without_a_mask_token_is_refused() -> None:
     tokenizer = train_tokenizer(corpus(), TokenizerConfig(vocab_size=120, min_frequency=1))
     with pytest.raises(TformerError, match="no mask token"):
         MLMTask.fit_state([None], OmegaConf.structured(MLMConfig()), None, "corpus", tokenizer)
+
+
+def test_every_metric_has_a_direction() -> None:
+    """The metrics an evaluation reports are the task's METRICS (the loop adds the loss)."""
+    from transformer_cli.tasks import TASKS
+
+    task, tokenizer = make_task()
+    batch = batch_of(tokenizer, corpus(20))
+    model = task.build_model(ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32), tokenizer.get_vocab_size())
+    metrics = task.new_metrics()
+    with torch.no_grad():
+        task.observe(metrics, model, batch, task.forward(model.eval(), batch))
+    assert set(metrics.compute()) - {"count"} | {"loss"} == set(TASKS["mlm"].metrics)
