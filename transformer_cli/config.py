@@ -165,7 +165,8 @@ class PredictConfig:
     input: str = "-"  # .txt (a text per line), .csv / .tsv / .jsonl (checkpoint's columns, optional id), - (stdin)
     output: str = "-"  # a file for the JSON Lines (written whole or not at all), or - (stdout)
     format: str = "auto"  # auto (from input's extension; stdin: txt) | txt | csv | tsv | jsonl
-    top_k: int = 5  # classify / multilabel: how many of the most probable labels each record lists (0: none)
+    top_k: int = 5  # classify / multilabel: how many of the most probable labels each record lists (0: none);
+    #                 mlm: tokens listed per mask (at least 1)
     device: str = "auto"
     precision: str = "auto"
     batch_size: int | None = None  # default: the eval_batch_size the model was trained with

@@ -66,8 +66,10 @@ def readout_of(restored: Restored) -> Readout:
     readout = restored.task.readout()
     if readout is None:
         raise TformerError(f"tformer export does not support task '{restored.config.task.name}': its predictions "
-                           "come from a decoding loop, not one forward pass",
-                           hint="use tformer predict for this task")
+                           "are not a fixed read-out of one forward pass (seq2seq decodes token by token, mlm "
+                           "fills in the [MASK]s of each text)",
+                           hint="use tformer predict for this task; an mlm run's encoder starts other tasks "
+                                "through model.init_from")
     return readout
 
 

@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--labels", type=int, default=1000, help="labelled training examples (default 1000)")
     p.add_argument("--out", type=Path, default=Path("outputs/bench/lowlabel"))
+    p.add_argument("--pretrained", type=Path, default=None,
+                   help="a finished experiment=rt_mlm run to fine-tune from, instead of pretraining again")
     p.add_argument("--smoke", action="store_true", help="a few steps: checks the script runs")
     return p.parse_args(argv)
 
@@ -47,8 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     """Pretrain once, fine-tune per seed from it and from scratch, print and save."""
     args = parse_args(argv)
     smoke = ["trainer.max_steps=4", "data.max_eval_examples=64"] if args.smoke else []
-    pretrain_dir = args.out / "rt_mlm"
-    pretrain = train(pretrain_dir, ["experiment=rt_mlm", *smoke])
+    if args.pretrained is None:
+        pretrain_dir = args.out / "rt_mlm"
+        pretrain = train(pretrain_dir, ["experiment=rt_mlm", *smoke])
+    else:
+        pretrain_dir = args.pretrained
+        summary = json.loads((pretrain_dir / "summary.json").read_text())
+        pretrain = {"wall_seconds": None, "final": summary["final"], "steps": summary["steps"]}
     rows: dict[str, list[float]] = {"after MLM": [], "from scratch": []}
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, start in (("after MLM", str(pretrain_dir)), ("from scratch", "null")):
@@ -59,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {"pretrain": pretrain, "test_accuracy": rows, "labels": args.labels}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lowlabel.json").write_text(json.dumps(results, indent=2))
-    print(f"MLM pretraining on the training texts: {pretrain['wall_seconds']:.0f} s, {pretrain['steps']} steps, "
+    took = "not timed here" if pretrain["wall_seconds"] is None else f"{pretrain['wall_seconds']:.0f} s"
+    print(f"MLM pretraining on the training texts: {took}, {pretrain['steps']} steps, "
           f"held-out perplexity {pretrain['final']['validation']['perplexity']:.1f}")
     for name, values in rows.items():
         spread = f" +- {statistics.stdev(values):.4f}" if len(values) > 1 else ""

@@ -60,3 +60,31 @@ def test_a_tensor_that_does_not_fit_is_named(earlier_run: Path, compose_train: C
         ModelConfig(d_model=64, n_layers=1, n_heads=2, d_ff=100), earlier.tokenizer.get_vocab_size())
     with pytest.raises(TformerError, match=r"layers.0.ff.up.weight: \(128, 64\) there, \(100, 64\) here"):
         copy_encoder(earlier, wide)
+
+
+@pytest.mark.slow
+def test_the_earlier_tokenizer_settings_are_taken_not_compared(earlier_run: Path, compose_train: Callable,
+                                                               tiny: list[str]) -> None:
+    """Its tokenizer is used as it is: this run's data.tokenizer settings give way (a log line says so)."""
+    earlier = restore(earlier_run)
+    cfg, _ = start_from(compose_train(["task=classify", *tiny, "data.tokenizer.vocab_size=123",
+                                       f"model.init_from={earlier_run}"]))
+    assert cfg.data.tokenizer.vocab_size == earlier.config.data.tokenizer.vocab_size != 123
+
+
+def test_a_missing_directory_names_model_init_from(tmp_path: Path, compose_train: Callable) -> None:
+    with pytest.raises(TformerError, match=r"model.init_from=.*no such run or checkpoint directory"):
+        start_from(compose_train(["task=classify", f"model.init_from={tmp_path / 'nowhere'}"]))
+
+
+@pytest.mark.slow
+def test_a_classifier_without_a_mask_token_cannot_continue_as_mlm(tmp_path: Path, compose_train: Callable,
+                                                                   tiny: list[str]) -> None:
+    """A classify run's vocabulary has no [MASK]: task=mlm from it is refused with the reason."""
+    from transformer_cli.run import train
+
+    classifier = tmp_path / "classify"
+    train(compose_train(["task=classify", *tiny, "trainer.max_steps=2", "trainer.eval_every=2"]), classifier)
+    with pytest.raises(TformerError, match="no mask token") as err:
+        train(compose_train(["task=mlm", *tiny, f"model.init_from={classifier}"]), tmp_path / "mlm")
+    assert "only those trained for task=mlm" in (err.value.hint or "")

@@ -42,13 +42,6 @@ class Seq2SeqMetrics:
         """The decoded text of each (distinct) source."""
         self.hyps.update(zip(sources, hyps))
 
-    def update_text(self, hyps: list[str], refs: list[str]) -> None:
-        """Decoded hypotheses and their single references, one row each (each row its own source)."""
-        start = len(self.refs)
-        sources = [("row", start + i) for i in range(len(hyps))]
-        self.add_references(sources, refs)
-        self.add_hypotheses(sources, hyps)
-
     def update(self, preds: Tensor, targets: Tensor) -> None:
         """Protocol form: (N, V) logits and (N,) labels."""
         self.update_tokens(preds, targets)
@@ -62,11 +55,11 @@ class Seq2SeqMetrics:
         if groups:
             import sacrebleu
 
-            rows = [(h, r) for h, refs in groups for r in refs]
+            rows = [(h, r) for h, group in groups for r in group]
             hyps, refs = [h for h, _ in rows], [r for _, r in rows]
-            closest = [min(refs, key=lambda r, h=h: (edit_distance(h.split(), r.split()), len(r.split())))
-                       for h, refs in groups]
-            correct = sum(h in refs for h, refs in groups) / len(groups)
+            closest = [min(group, key=lambda r, h=h: (edit_distance(h.split(), r.split()), len(r.split())))
+                       for h, group in groups]
+            correct = sum(h in group for h, group in groups) / len(groups)
             out.update(bleu=sacrebleu.corpus_bleu(hyps, [refs]).score,
                        chrf=sacrebleu.corpus_chrf(hyps, [refs]).score,
                        exact_match=correct, wer=1.0 - correct, per=_unit_error_rate([h for h, _ in groups], closest),

@@ -51,7 +51,12 @@ def start_from(cfg: DictConfig, dist: Dist = SINGLE) -> tuple[DictConfig, Start 
 
     With several processes rank 0 downloads or unpacks a pretrained model first; the others then read the cache."""
     if cfg.model.init_from:
-        restored = restore(Path(str(cfg.model.init_from)).expanduser())
+        path = Path(str(cfg.model.init_from)).expanduser()
+        if not path.exists():
+            raise TformerError(f"model.init_from={cfg.model.init_from}: no such run or checkpoint directory",
+                               hint="give an earlier run's directory (outputs/train/<date>/<time>_...) or one of "
+                                    "its checkpoints/<name> directories")
+        restored = restore(path)
         cfg = adopt(cfg, restored.config, f"{restored.path / 'config.yaml'} (model.init_from)")
         check_train_config(cfg)
         return cfg, Start(f"the encoder of {restored.path} (a {restored.config.task.name} run)", restored.tokenizer,
@@ -87,8 +92,11 @@ def adopt(cfg: DictConfig, saved: DictConfig, source: str = "the checkpoint's co
     out = copy.deepcopy(cfg)
     for key in SETTINGS:
         out.model[key] = _settled(cfg.model, key, saved.model[key], source)
-    for key in TOKENIZER:  # the checkpoint's tokenizer is the one used
-        out.data.tokenizer[key] = _settled(cfg.data.tokenizer, key, saved.data.tokenizer[key], source, "data.tokenizer")
+    for key in TOKENIZER:  # the checkpoint's tokenizer is the one used, whatever settings this run has
+        if cfg.data.tokenizer[key] != saved.data.tokenizer[key]:
+            log.info("data.tokenizer.%s=%r is not used: the tokenizer of %s was made with %r", key,
+                     cfg.data.tokenizer[key], source, saved.data.tokenizer[key])
+        out.data.tokenizer[key] = saved.data.tokenizer[key]
     if cfg.data.tokenizer.max_length is None:  # the model's own length, as the run found it
         out.data.tokenizer.max_length = saved.data.tokenizer.max_length
     return out

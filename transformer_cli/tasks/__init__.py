@@ -7,8 +7,11 @@ conf/task/ and one entry here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from tokenizers import Tokenizer
+
+from transformer_cli.data.tokenize import MASK
 from transformer_cli.errors import TformerError, choose
 from transformer_cli.losses import LOSSES
 from transformer_cli.tasks import classify, mlm, multilabel, regress, seq2seq
@@ -21,7 +24,7 @@ class TaskSpec:
 
     schema: type
     # (label values, task cfg, data.labels, source, input tokenizer) -> the state the task is built from
-    fit_state: Callable[..., dict[str, Any]]
+    fit_state: Callable[[Sequence[Any], Any, list[str] | None, str, Tokenizer | None], dict[str, Any]]
     build: Callable[[Any, str, dict[str, Any]], Task]  # (task cfg, loss kind, state) -> the task
     target_kinds: tuple[str, ...]  # what its losses may consume (see losses/base.py)
     natural_loss: str  # the loss used when none is given
@@ -59,7 +62,7 @@ TASKS: dict[str, TaskSpec] = {
     "mlm": TaskSpec(
         mlm.MLMConfig, mlm.MLMTask.fit_state, mlm.MLMTask, ("index",), "ce", mlm.METRICS, "perplexity",
         "masked-language modelling on unlabelled text (pretraining, or adapting a pretrained encoder)",
-        reads_labels=False, specials=("[MASK]",),
+        reads_labels=False, specials=(MASK,),
     ),
 }
 

@@ -2,8 +2,9 @@
 
 Each training batch draws its own masks: `mask_prob` of the real, non-special tokens (or of the whole
 words, with `whole_words`) are chosen; of those 80 % become [MASK], 10 % a random token, 10 % stay, and
-the loss is computed on the chosen positions only. Held-out text is masked the same way but from a fixed
-seed, so every evaluation scores the same positions and perplexities compare.
+the loss is computed on the chosen positions only. Held-out text is masked the same way from draws fixed by
+`eval_seed`, each example's and position's own, so every evaluation scores the same positions whatever its
+batch size, and perplexities compare.
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ class MLMTask:
         mask_id = next((tokenizer.token_to_id(t) for t in MASK_TOKENS if tokenizer.token_to_id(t) is not None), None)
         if mask_id is None:
             raise TformerError(f"the tokenizer has no mask token ({' or '.join(MASK_TOKENS)})",
-                               hint="a pretrained model for task=mlm must have one; tformer's own vocabularies do")
+                               hint="a pretrained model for task=mlm must have one; of tformer's own vocabularies, only those "
+                                    "trained for task=mlm have [MASK] (model.init_from a classify or seq2seq run "
+                                    "cannot continue as task=mlm)")
         vocab = tokenizer.get_vocab()
-        tokens = [""] * tokenizer.get_vocab_size()
+        tokens = [""] * max(tokenizer.get_vocab_size(), max(vocab.values()) + 1)  # ids may have gaps
         for token, i in vocab.items():
             tokens[i] = token
         special = [i for i, added in tokenizer.get_added_tokens_decoder().items() if added.special]
@@ -90,15 +93,14 @@ class MLMTask:
 
     def forward(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
         """Mask the batch (fresh masks in training, fixed ones otherwise): ((M, V) logits, (M,) original tokens)."""
-        generator = None
-        if not model.training:
-            generator = torch.Generator().manual_seed(self.cfg.eval_seed * 1_000_003 + int(batch.index.min()))
-        ids, chosen = self.mask(batch.input_ids, batch.mask, generator)
+        draw = fixed_draws(batch.index, batch.input_ids.shape[1], self.cfg.eval_seed) if not model.training \
+            else torch.rand((*batch.input_ids.shape, 3), device=batch.input_ids.device)
+        ids, chosen = self.mask(batch.input_ids, batch.mask, draw.to(batch.input_ids.device))
         return model(ids, batch.mask, chosen), batch.input_ids[chosen]
 
-    def mask(self, ids: Tensor, real: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """(B, T) ids with the chosen positions hidden, and the (B, T) bool chosen positions."""
-        draw = _uniform(ids.shape, generator, ids.device)  # (B, T, 3): choose, how to hide, which random token
+    def mask(self, ids: Tensor, real: Tensor, draw: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T) ids with the chosen positions hidden, and the (B, T) bool chosen positions, from (B, T, 3)
+        uniform draws: whether to choose, how to hide, which random token."""
         candidates = real & ~torch.isin(ids, self.special.to(ids.device))
         choose = draw[..., 0]
         if self.cfg.whole_words:  # every piece of a word takes its first piece's draw
@@ -131,7 +133,8 @@ class MLMTask:
     def predict(self, model: nn.Module, batch: Batch, top_k: int) -> list[dict[str, Any]]:
         """Fill in the [MASK] tokens of each text: for each, its position and the k most probable tokens."""
         chosen = (batch.input_ids == self.mask_id) & batch.mask
-        probs = torch.softmax(model(batch.input_ids, batch.mask, chosen).float(), -1).cpu()  # (M, V)
+        logits = model(batch.input_ids, batch.mask, chosen)[:, : len(self.tokens)]  # (M, V): the tokenizer's ids
+        probs = torch.softmax(logits.float(), -1).cpu()  # (M, V)
         best = probs.topk(max(1, top_k), dim=-1)
         rows, cols = chosen.nonzero(as_tuple=True)
         records: list[dict[str, Any]] = [{"masks": []} for _ in range(len(batch.input_ids))]
@@ -170,8 +173,21 @@ def _continues(token: str, word_start: str) -> bool:
     return bool(word_start) and not token.startswith(word_start)
 
 
-def _uniform(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """(B, T, 3) uniform draws: from the run's random stream, or from `generator` (on the CPU, then moved)."""
-    if generator is None:
-        return torch.rand((*shape, 3), device=device)
-    return torch.rand((*shape, 3), generator=generator).to(device)
+def fixed_draws(index: Tensor, length: int, seed: int) -> Tensor:
+    """(B, T, 3) uniform draws that depend only on (seed, example index, position), never on the batching,
+    so a held-out text is masked the same way whatever batch size or padding evaluates it."""
+    example = _mix((index.long().cpu() + seed * 1_000_003) & _LOW32)  # (B,)
+    slot = torch.arange(length * 3, dtype=torch.long).view(length, 3)  # (T, 3): position * 3 + draw
+    bits = _mix(_mix(example.view(-1, 1, 1) ^ slot) ^ 0x5BD1E995)  # (B, T, 3)
+    return bits.double().div(2.0**32).float()
+
+
+_LOW32 = 0xFFFFFFFF
+
+
+def _mix(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (int64 tensors holding values below 2**32; products stay below 2**63)."""
+    x = x & _LOW32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _LOW32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _LOW32
+    return (x >> 16) ^ x

@@ -44,8 +44,8 @@ class Seq2SeqConfig:
     target_max_length: int = 128  # target tokens kept, BOS and EOS included
     beam_size: int = 4  # decoding of the final evaluation, `tformer eval` and `tformer predict`
     eval_beam_size: int = 1  # decoding during training-time evaluations (1 = greedy, cheap)
-    eval_decode_every: int = 1  # training-time evaluations decode every k-th example (by dataset index, so
-    #                             the sample spans all lengths); the final evaluation decodes all
+    eval_decode_every: int = 1  # training-time evaluations decode one in k distinct sources (by a hash of the
+    #                             source, so the sample spans all lengths); the final evaluation decodes all
     length_penalty: float = 1.0  # beam scores are divided by length**length_penalty
     max_len_a: float = 1.5  # a target may have at most a x source tokens + b tokens
     max_len_b: int = 10
@@ -117,10 +117,11 @@ class Seq2SeqTask:
         metrics.update_tokens(*self.loss_inputs(outputs, batch.targets), ignore_index=IGNORE)
         sources = [tuple(ids[:n]) for ids, n in zip(batch.input_ids.tolist(), batch.mask.sum(1).tolist())]
         metrics.add_references(sources, [self.decode(row) for row in batch.targets.tolist()])
-        keep = (batch.index % self.decode_every == 0).tolist()  # a sample spread over lengths, not the shortest
         first: dict[tuple[int, ...], int] = {}  # each source still to decode -> its first row here
         for i, source in enumerate(sources):
-            if keep[i] and source not in metrics.hyps:
+            # while training a sample of the sources, spread over lengths and not weighted by their rows
+            # (the hash of a tuple of ints is the same in every process and run)
+            if hash(source) % self.decode_every == 0 and source not in metrics.hyps:
                 first.setdefault(source, i)
         if not first:
             return

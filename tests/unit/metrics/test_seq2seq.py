@@ -39,3 +39,7 @@ def test_per_takes_the_closest_reference() -> None:
     m.add_references(["w", "w"], ["A B C D", "A X"])
     m.add_hypotheses(["w"], ["A B"])
     assert m.compute()["per"] == 1 / 2  # 'A X' needs 1 edit (of 2 units); 'A B C D' needs 2 (of 4)
+    tie = Seq2SeqMetrics()
+    tie.add_references(["w", "w"], ["A B C", "A C"])  # one edit from either
+    tie.add_hypotheses(["w"], ["A B"])
+    assert tie.compute()["per"] == 1 / 2  # the tie goes to the shorter reference: the stricter count, not 1 / 3

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from transformer_cli.config import ModelConfig, TokenizerConfig
 from transformer_cli.data.batching import Batch
 from transformer_cli.data.tokenize import MASK, train_tokenizer
-from transformer_cli.tasks.mlm import IGNORE, MLMConfig, MLMTask
+from transformer_cli.tasks.mlm import IGNORE, MLMConfig, MLMTask, fixed_draws
 
 WORDS = "the film was a very good and quite long story with some great actors but dull music".split()
 
@@ -44,7 +44,7 @@ def test_masking_statistics() -> None:
     task, tokenizer = make_task()
     batch = batch_of(tokenizer, corpus(2000, seed=1))
     torch.manual_seed(0)
-    hidden, chosen = task.mask(batch.input_ids, batch.mask, None)
+    hidden, chosen = task.mask(batch.input_ids, batch.mask, torch.rand((*batch.input_ids.shape, 3)))
     special = torch.isin(batch.input_ids, task.special)
     assert not (chosen & (special | ~batch.mask)).any()  # [CLS], [SEP] and padding are never chosen
     candidates = batch.mask & ~special
@@ -58,18 +58,24 @@ def test_masking_statistics() -> None:
 
 
 def test_the_loss_sees_only_the_chosen_positions() -> None:
-    """The model scores the chosen positions only, against the tokens that were there."""
+    """The model scores the chosen positions only, against the tokens that were there; the loss is theirs alone."""
+    from transformer_cli.losses import build_loss
+    from transformer_cli.losses.cross_entropy import CrossEntropyConfig
+
     task, tokenizer = make_task()
     batch = batch_of(tokenizer, corpus(40))
     model = task.build_model(ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32), tokenizer.get_vocab_size())
     torch.manual_seed(1)
     logits, labels = task.forward(model.train(), batch)
     torch.manual_seed(1)
-    _, chosen = task.mask(batch.input_ids, batch.mask, None)
+    _, chosen = task.mask(batch.input_ids, batch.mask, torch.rand((*batch.input_ids.shape, 3)))
     assert logits.shape == (int(chosen.sum()), tokenizer.get_vocab_size())
     assert torch.equal(labels, batch.input_ids[chosen]) and not (labels == IGNORE).any()
     scores, targets = task.loss_inputs((logits, labels), batch.targets)
-    assert scores.shape[0] == targets.shape[0] == int(chosen.sum())
+    loss = build_loss(OmegaConf.structured(CrossEntropyConfig()), task.loss_context(batch.targets))(scores, targets)
+    expected = torch.nn.functional.cross_entropy(logits, batch.input_ids[chosen], reduction="sum")
+    assert loss.total.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.weight.item() == int(chosen.sum())  # one per chosen position, none for the others
 
 
 def test_held_out_masks_are_fixed_and_training_masks_are_fresh() -> None:
@@ -84,12 +90,41 @@ def test_held_out_masks_are_fixed_and_training_masks_are_fresh() -> None:
     assert first.shape != second.shape or not torch.equal(first, second)
 
 
+def test_held_out_masks_do_not_depend_on_the_batching() -> None:
+    """An example's held-out mask is the same alone, in a batch with others, and with more padding."""
+    task, tokenizer = make_task()
+    texts = corpus(12, seed=3)
+    together = batch_of(tokenizer, texts)
+    draws = fixed_draws(together.index, together.input_ids.shape[1], seed=0)
+    _, chosen_together = task.mask(together.input_ids, together.mask, draws)
+    assert chosen_together.any()
+    for i, text in enumerate(texts):
+        alone = batch_of(tokenizer, [text])
+        alone.index[0] = i
+        draws = fixed_draws(alone.index, alone.input_ids.shape[1] + 7, seed=0)[:, : alone.input_ids.shape[1]]
+        _, chosen = task.mask(alone.input_ids, alone.mask, draws)
+        n = int(alone.mask.sum())
+        assert torch.equal(chosen[0, :n], chosen_together[i, :n])
+    other_seed = fixed_draws(together.index, together.input_ids.shape[1], seed=1)
+    assert not torch.equal(task.mask(together.input_ids, together.mask, other_seed)[1], chosen_together)
+
+
+def test_fixed_draws_are_uniform() -> None:
+    """The hashed draws behave like uniform ones: mean, spread and no correlation between the three."""
+    draws = fixed_draws(torch.arange(400), 50, seed=0).view(-1, 3)  # 20,000 positions
+    assert float(draws.min()) >= 0.0 and float(draws.max()) < 1.0
+    assert draws.mean(0).tolist() == pytest.approx([0.5] * 3, abs=0.01)
+    assert draws.var(0).tolist() == pytest.approx([1 / 12] * 3, abs=0.005)
+    assert abs(float(torch.corrcoef(draws.T)[0, 1])) < 0.03
+    assert (draws[:, 0] < 0.15).float().mean().item() == pytest.approx(0.15, abs=0.01)
+
+
 def test_whole_words_are_masked_together() -> None:
     """With whole_words, every piece of a chosen word is chosen; words are cut into several pieces here."""
     task, tokenizer = make_task(vocab_size=45, whole_words=True, mask_prob=0.3)
     batch = batch_of(tokenizer, corpus(300, seed=2))
     torch.manual_seed(0)
-    _, chosen = task.mask(batch.input_ids, batch.mask, None)
+    _, chosen = task.mask(batch.input_ids, batch.mask, torch.rand((*batch.input_ids.shape, 3)))
     continues = task.continues[batch.input_ids] & batch.mask & ~torch.isin(batch.input_ids, task.special)
     assert continues.any()  # the small vocabulary splits words into pieces
     previous = torch.cat([chosen[:, :1], chosen[:, :-1]], dim=1)
