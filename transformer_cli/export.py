@@ -66,8 +66,10 @@ def readout_of(restored: Restored) -> Readout:
     readout = restored.task.readout()
     if readout is None:
         raise TformerError(f"tformer export does not support task '{restored.config.task.name}': its predictions "
-                           "come from a decoding loop, not one forward pass",
-                           hint="use tformer predict for this task")
+                           "are not a fixed read-out of one forward pass (seq2seq decodes token by token, mlm "
+                           "fills in the [MASK]s of each text)",
+                           hint="use tformer predict for this task; an mlm run's encoder starts other tasks "
+                                "through model.init_from")
     return readout
 
 
@@ -295,9 +297,9 @@ def sample_texts(cfg: DictConfig, train_cfg: DictConfig) -> tuple[list[str], lis
 
     try:
         if cfg.file:
-            raw = read_eval_file(Path(cfg.file), train_cfg.data)
+            raw = read_eval_file(Path(cfg.file), train_cfg.data, labels=False)  # texts are all the check needs
             return raw.texts, raw.pairs, str(cfg.file)
-        raw = load_splits(train_cfg.data)["validation"]
+        raw = load_splits(train_cfg.data, labels=False)["validation"]
     except TformerError as err:
         raise TformerError(f"export checks the model on real texts, but the checkpoint's data cannot be read: "
                            f"{err.message}", hint="pass file=<a file with the training columns>") from err

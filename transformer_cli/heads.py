@@ -44,3 +44,24 @@ class SequenceHead(nn.Module):
             x = self.dropout(x)
         out = self.proj(self.dropout(self.act(self.dense(x))))  # (B, K)
         return out.squeeze(-1) if self.squeeze else out
+
+
+class TokenHead(nn.Module):
+    """Hidden states of chosen positions -> vocabulary logits, as BERT's masked-LM head: a dense layer, GELU and
+    a LayerNorm, then the token embeddings (tied: the same matrix that embeds the tokens) and a bias."""
+
+    def __init__(self, embeddings: nn.Embedding, eps: float) -> None:
+        super().__init__()
+        vocab, d_model = embeddings.weight.shape
+        self.dense = nn.Linear(d_model, d_model)
+        self.act = nn.GELU()
+        self.norm = nn.LayerNorm(d_model, eps=eps)
+        self.decoder = nn.Linear(d_model, vocab)
+        self.decoder.weight = embeddings.weight  # tied
+        nn.init.normal_(self.dense.weight, std=0.02)
+        nn.init.zeros_(self.dense.bias)
+        nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """(M, D) hidden states -> (M, V) logits."""
+        return self.decoder(self.norm(self.act(self.dense(hidden))))

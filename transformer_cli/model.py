@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_cli.config import ModelConfig
-from transformer_cli.heads import SequenceHead
+from transformer_cli.heads import SequenceHead, TokenHead
 
 
 def sinusoidal_table(max_positions: int, d_model: int) -> Tensor:
@@ -345,6 +345,20 @@ class SequenceModel(nn.Module):
         (the same outputs, about 1/n_layers less work)."""
         first = 1 if self.head.pooling == "cls" else None
         return self.head(self.encoder(input_ids, mask, first), mask)
+
+
+class MaskedLMModel(nn.Module):
+    """An encoder and a masked-language-model head: token ids in, logits of the chosen positions out."""
+
+    def __init__(self, encoder: Encoder, eps: float) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = TokenHead(encoder.embed.tokens, eps)
+
+    def forward(self, input_ids: Tensor, mask: Tensor, chosen: Tensor) -> Tensor:
+        """(B, T) ids, mask and (B, T) bool positions to predict -> (M, V) logits, M = chosen.sum()."""
+        hidden = self.encoder(input_ids, mask)  # (B, T, D)
+        return self.head(hidden[chosen])  # (M, V): only the masked positions reach the vocabulary
 
 
 def count_parameters(model: nn.Module) -> int:

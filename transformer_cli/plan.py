@@ -24,8 +24,7 @@ from transformer_cli.device import resolve_device, resolve_precision
 from transformer_cli.loop import steps_per_epoch, total_steps
 from transformer_cli.optim import schedule_fn, warmup_steps_of
 from transformer_cli.prepare import prepare_training_data
-from transformer_cli.pretrained.directory import Pretrained
-from transformer_cli.pretrained.settings import start_from
+from transformer_cli.pretrained.settings import Start, start_from
 from transformer_cli.tasks import monitor_of
 from transformer_cli.validate import check_train_config
 
@@ -84,8 +83,8 @@ def make_plan(cfg: DictConfig) -> Plan:
     monitor, mode = monitor_of(cfg.task.name, cfg.trainer.monitor)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
-    cfg, pretrained = start_from(cfg)  # a pretrained model's architecture comes from its directory
-    prep = prepare_training_data(cfg, pretrained=pretrained)  # a missing file or column fails here, naming it
+    cfg, begin = start_from(cfg)  # a pretrained or earlier model's architecture comes with it
+    prep = prepare_training_data(cfg, start=begin)  # a missing file or column fails here, naming it
     with torch.device("meta"):
         model = prep.task.build_model(cfg.model, prep.tokenizer.get_vocab_size())
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -110,17 +109,17 @@ def make_plan(cfg: DictConfig) -> Plan:
         memory=memory_estimate(cfg, params, tokens.longest, precision.name), lr=lr)
     plan.warnings = warnings_of(plan, cfg)
     plan.task_line = prep.task.describe()
-    plan.model_line = describe_model(cfg.model, pretrained)
+    plan.model_line = describe_model(cfg.model, begin)
     return plan
 
 
-def describe_model(model: Any, pretrained: Pretrained | None) -> str:
-    """The encoder's shape, and whether it starts from pretrained weights (which, and what stays frozen)."""
+def describe_model(model: Any, begin: Start | None) -> str:
+    """The encoder's shape, and whether it starts from earlier weights (which, and what stays frozen)."""
     shape = f"{model.n_layers} layers, d_model {model.d_model}, {model.n_heads} heads, {model.norm}-norm"
-    if pretrained is None:
+    if begin is None:
         return f"from scratch: {shape}"
     frozen = f"; embeddings and {model.freeze_layers} layer(s) frozen" if model.freeze_layers else ""
-    return f"pretrained {model.family} from {pretrained.path}: {shape}{frozen}"
+    return f"{begin.description}: {shape}{frozen}"
 
 
 def warmup_of(schedule: Any, total: int) -> int:

@@ -18,8 +18,7 @@ from transformer_cli.data.loading import RawSplit, load_splits
 from transformer_cli.data.tokenize import encode, train_tokenizer
 from transformer_cli.distributed import SINGLE, Dist
 from transformer_cli.losses.base import LossContext
-from transformer_cli.pretrained.directory import Pretrained
-from transformer_cli.pretrained.settings import pretrained_tokenizer
+from transformer_cli.pretrained.settings import Start, truncating
 from transformer_cli.restore import Restored
 from transformer_cli.tasks import TASKS, Task, build_task
 
@@ -36,18 +35,18 @@ class Prepared:
 
 
 def prepare_training_data(cfg: DictConfig, resumed: Restored | None = None, dist: Dist = SINGLE,
-                          pretrained: Pretrained | None = None) -> Prepared:
-    """Load splits, learn the task state and vocabulary on train (or take them from `resumed`; a `pretrained`
-    model brings its own tokenizer), encode.
+                          start: Start | None = None) -> Prepared:
+    """Load splits, learn the task state and vocabulary on train (or take them from `resumed`; the model a run
+    `start`s from brings its own tokenizer), encode.
 
     With several processes rank 0 fetches the data first (one download into the cache) and learns the label
     set and vocabulary; the other ranks receive them, so every rank encodes with the same ones."""
     with dist.main_first():
-        raw = load_splits(cfg.data)
+        raw = load_splits(cfg.data, labels=TASKS[cfg.task.name].reads_labels)
     if resumed is not None:
         task, tokenizer = resumed.task, resumed.tokenizer
     else:
-        task, tokenizer = learn_task(cfg, raw["train"], dist, pretrained)
+        task, tokenizer = learn_task(cfg, raw["train"], dist, start)
     targets = {name: task.encode_targets(split.labels, split.where) for name, split in raw.items()}
     splits = {name: EncodedSplit(encode(tokenizer, s.texts, s.pairs), targets[name]) for name, s in raw.items()}
     return Prepared(task=task, splits=splits, sizes={k: len(v) for k, v in raw.items()}, tokenizer=tokenizer,
@@ -55,9 +54,9 @@ def prepare_training_data(cfg: DictConfig, resumed: Restored | None = None, dist
 
 
 def learn_task(cfg: DictConfig, train: RawSplit, dist: Dist = SINGLE,
-               pretrained: Pretrained | None = None) -> tuple[Task, Tokenizer]:
+               start: Start | None = None) -> tuple[Task, Tokenizer]:
     """The task and the input tokenizer, learned from the training split (on rank 0, shared with the rest)."""
-    state, tokenizer = _fit_vocabularies(cfg, train, pretrained) if dist.is_main else (None, None)
+    state, tokenizer = _fit_vocabularies(cfg, train, start) if dist.is_main else (None, None)
     if dist.enabled:  # every rank encodes with rank 0's label set and vocabulary
         state, vocab = dist.broadcast((state, tokenizer.to_str() if dist.is_main else None))
         tokenizer = Tokenizer.from_str(vocab)
@@ -65,10 +64,12 @@ def learn_task(cfg: DictConfig, train: RawSplit, dist: Dist = SINGLE,
 
 
 def _fit_vocabularies(cfg: DictConfig, train: RawSplit,
-                      pretrained: Pretrained | None) -> tuple[dict[str, Any], Tokenizer]:
+                      start: Start | None) -> tuple[dict[str, Any], Tokenizer]:
     """The task's state (labels, target scaling or vocabulary) learned on train, and the input tokenizer:
-    trained on train, or the pretrained model's own."""
-    state = TASKS[cfg.task.name].fit_state(train.labels, cfg.task, cfg.data.labels, train.where.source)
-    if pretrained is not None:
-        return state, pretrained_tokenizer(pretrained, cfg.data.tokenizer.max_length)
-    return state, train_tokenizer(train.texts + (train.pairs or []), cfg.data.tokenizer)
+    trained on train, or the one of the model the run starts from."""
+    spec = TASKS[cfg.task.name]
+    if start is not None:
+        tokenizer = truncating(start.tokenizer, cfg.data.tokenizer.max_length)
+    else:
+        tokenizer = train_tokenizer(train.texts + (train.pairs or []), cfg.data.tokenizer, spec.specials)
+    return spec.fit_state(train.labels, cfg.task, cfg.data.labels, train.where.source, tokenizer), tokenizer

@@ -50,7 +50,7 @@ def resume_from(cfg: DictConfig, run_dir: Path, dist: Dist) -> tuple[DictConfig,
     if path is None:
         return cfg, None
     restored = restore(path, trainer_state=True)
-    if cfg.model.source is not None:
+    if cfg.model.source is not None or cfg.model.init_from:
         cfg = adopt(cfg, restored.config)
     check_resume_config(cfg, restored.config, restored.path)
     return cfg, restored

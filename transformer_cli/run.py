@@ -36,14 +36,13 @@ from transformer_cli.model import count_parameters
 from transformer_cli.optim import build_optimizer, build_scheduler
 from transformer_cli.plots import plot_curves
 from transformer_cli.prepare import Prepared, prepare_training_data
-from transformer_cli.pretrained.directory import Pretrained
-from transformer_cli.pretrained.settings import load_pretrained_weights, start_from
+from transformer_cli.pretrained.settings import Start, start_from
 from transformer_cli.restore import Restored, restore, restore_loss
 from transformer_cli.results import print_results
 from transformer_cli.resume import continue_metrics, resume_from
 from transformer_cli.rng import seed_everything
 from transformer_cli.run_card import write_run_card
-from transformer_cli.tasks import monitor_of
+from transformer_cli.tasks import TASKS, monitor_of
 from transformer_cli.validate import check_train_config
 from transformer_cli.writers import NullWriter, Writer, open_writers
 
@@ -82,21 +81,21 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         else:
             logging.getLogger().setLevel(logging.WARNING)  # one log: rank 0's
         cfg, resumed = resume_from(cfg, run_dir, dist)
-        cfg, pretrained = start_from(cfg, dist) if resumed is None else (cfg, None)
-        return _train(start_session(cfg, run_dir, dist, device, resumed, pretrained), start)
+        cfg, begin = start_from(cfg, dist) if resumed is None else (cfg, None)
+        return _train(start_session(cfg, run_dir, dist, device, resumed, begin), start)
     finally:
         teardown_distributed()
 
 
 def start_session(cfg: DictConfig, run_dir: Path, dist: Dist, device: torch.device, resumed: Restored | None,
-                  pretrained: Pretrained | None) -> Session:
+                  begin: Start | None) -> Session:
     """Data, task, model, loss, optimizer and schedule on this process's device: resumed from a checkpoint,
-    started from a pretrained encoder, or from scratch."""
+    started from a pretrained or earlier encoder (`begin`), or from scratch."""
     seed_everything(cfg.seed, cfg.trainer.deterministic, cfg.trainer.threads)
-    prep = prepare_training_data(cfg, resumed, dist, pretrained)
+    prep = prepare_training_data(cfg, resumed, dist, begin)
     model = resumed.model if resumed else prep.task.build_model(cfg.model, prep.tokenizer.get_vocab_size())
-    if pretrained is not None:
-        load_pretrained_weights(model, pretrained)
+    if begin is not None:
+        begin.load(model)
     if cfg.model.freeze_layers:  # not stored in a checkpoint: a resumed run freezes again
         model.encoder.freeze(cfg.model.freeze_layers)
     model.to(device)
@@ -237,9 +236,10 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
 def eval_split(cfg: DictConfig, train_cfg: DictConfig) -> RawSplit:
     """The split to evaluate: one rebuilt exactly as in training, or a user's file with the same columns."""
+    labels = TASKS[train_cfg.task.name].reads_labels
     if cfg.file:
-        return read_eval_file(Path(cfg.file), train_cfg.data)
-    splits = load_splits(train_cfg.data)
+        return read_eval_file(Path(cfg.file), train_cfg.data, labels)
+    splits = load_splits(train_cfg.data, labels)
     if cfg.split not in splits:
         raise TformerError(f"split '{cfg.split}' does not exist for this checkpoint's data",
                            hint=f"choose one of: {', '.join(splits)}, or pass file=<path>")

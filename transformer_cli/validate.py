@@ -122,9 +122,11 @@ def _check_pretrained(cfg: DictConfig) -> None:
     """A pretrained model brings its own tokenizer, and a model trained from scratch trains one."""
     m, kind = cfg.model, cfg.data.tokenizer.kind
     if m.source is None:
-        _check_choice("data.tokenizer.kind", kind, ("bpe", "wordpiece"))
-        if m.freeze_layers:
-            raise TformerError("model.freeze_layers needs pretrained weights (model=pretrained, hub or minilm)")
+        _check_choice("data.tokenizer.kind", kind, ("bpe", "wordpiece", "pretrained") if m.init_from else
+                      ("bpe", "wordpiece"))
+        if m.freeze_layers and not m.init_from:
+            raise TformerError("model.freeze_layers needs pretrained weights (model=pretrained, hub or minilm, or "
+                               "model.init_from)")
         return
     _check_choice("model.source", m.source, ("local", "hub", "builtin"))
     if kind != "pretrained":

@@ -12,7 +12,7 @@ import torch
 from transformer_cli.config import ModelConfig
 from transformer_cli.model import Encoder
 from transformer_cli.pretrained.directory import open_pretrained
-from transformer_cli.pretrained.settings import load_pretrained_weights, pretrained_tokenizer
+from transformer_cli.pretrained.settings import load_pretrained_weights, truncating
 
 TEXTS = [("A gripping, beautifully acted film.", "I would see it again."),
          ("Dull.", "The plot goes nowhere and the jokes fall flat, scene after tedious scene."),
@@ -27,7 +27,7 @@ def test_minilm_hidden_states_match_transformers(minilm_dir: Path) -> None:
     pretrained = open_pretrained(minilm_dir)
     assert (pretrained.settings["family"], pretrained.settings["n_layers"], pretrained.settings["d_model"]) == \
         ("bert", 6, 384)
-    tokenizer = pretrained_tokenizer(pretrained, 128)
+    tokenizer = truncating(pretrained.tokenizer, 128)
     encoder = Encoder(tokenizer.get_vocab_size(), ModelConfig(**{**pretrained.settings, "dropout": 0.0})).eval()
     holder = torch.nn.Module()
     holder.encoder = encoder

@@ -49,7 +49,7 @@ class YesNoTask:
         self.seen = int(state["seen"])
 
     @staticmethod
-    def fit_state(values: Sequence[Any], cfg: Any, fixed: Any, source: str) -> dict[str, Any]:
+    def fit_state(values: Sequence[Any], cfg: Any, fixed: Any, source: str, tokenizer: Any = None) -> dict[str, Any]:
         return {"seen": len(values)}
 
     def build_model(self, model_cfg: Any, vocab_size: int) -> torch.nn.Module:

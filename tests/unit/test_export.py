@@ -50,9 +50,11 @@ def test_export_covers_the_single_output_task_kinds_and_refuses_others(tmp_path:
 def task_of(name: str) -> Any:
     """A task of the table, built from its schema's defaults and a small made-up training column."""
     spec = TASKS[name]
-    values = {"classify": ["a", "b"], "regress": [1.0, 3.0], "multilabel": ["a,b", "b"], "seq2seq": ["x y", "y z"]}
+    values = {"classify": ["a", "b"], "regress": [1.0, 3.0], "multilabel": ["a,b", "b"], "seq2seq": ["x y", "y z"],
+              "mlm": [None, None]}
     cfg = OmegaConf.structured(spec.schema)
-    return build_task(cfg, spec.natural_loss, spec.fit_state(values[name], cfg, None, "made up"))
+    tokenizer = train_tokenizer(["x y z"] * 10, TokenizerConfig(vocab_size=40, min_frequency=1), spec.specials)
+    return build_task(cfg, spec.natural_loss, spec.fit_state(values[name], cfg, None, "made up", tokenizer))
 
 
 def test_check_batches_vary_batch_size_and_length_with_padding(sentence: Callable) -> None:

@@ -15,7 +15,7 @@ from transformer_cli.tasks.common import Where
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 COMPRESSIONS = (".bz2", ".gz", ".xz", ".zst", ".zip")
 HUB_VALIDATION_NAMES = ("validation", "valid", "dev")
 
@@ -43,14 +43,15 @@ class RawSplit:
         )
 
 
-def load_splits(cfg: Any) -> dict[str, RawSplit]:
-    """Every available split of the configured data, with validation carved from train if absent."""
+def load_splits(cfg: Any, labels: bool = True) -> dict[str, RawSplit]:
+    """Every available split of the configured data, with validation carved from train if absent
+    (`labels=False`: the texts only, for a task that learns from text alone)."""
     _quiet_datasets()
     if cfg.source == "hub":
         tables = _read_hub(cfg)
     else:
         tables = {split: _read_file(Path(path), cfg.format, split) for split, path in data_files(cfg).items()}
-    splits = {name: _columns(table, cfg, where) for name, (table, where) in tables.items()}
+    splits = {name: _columns(table, cfg, where, labels) for name, (table, where) in tables.items()}
     if "validation" not in splits:
         splits["train"], splits["validation"] = carve(splits["train"], cfg.val_fraction, cfg.split_seed)
     return _limit(splits, cfg)
@@ -77,13 +78,13 @@ def file_format(path: Path, fmt: str) -> str:
     """The `datasets` builder for a file: the configured one, or guessed from its extension."""
     if fmt != "auto":
         if fmt not in set(FORMATS.values()):
-            raise TformerError(f"data.format='{fmt}' is not supported", hint="use auto, csv, json or parquet")
+            raise TformerError(f"data.format='{fmt}' is not supported", hint="use auto, csv, json, parquet or text")
         return fmt
     if _extension(path) in FORMATS:
         return FORMATS[_extension(path)]
     raise TformerError(
         f"cannot tell the format of {path} from its extension",
-        hint="use .csv, .tsv, .json, .jsonl or .parquet, or set data.format=csv|json|parquet",
+        hint="use .csv, .tsv, .json, .jsonl, .parquet or .txt, or set data.format=csv|json|parquet|text",
     )
 
 
@@ -114,7 +115,18 @@ def _read_file(path: Path, fmt: str, split: str) -> tuple[Any, Where]:
         where = _first_bad_line(path, builder)
         raise TformerError(f"could not read {path} as {builder}{where}: {_root_cause(err)}",
                            hint="check that the file is well-formed and in the format its extension says") from err
+    if builder == "text":  # one text per line; blank lines are skipped, rows keep their line numbers
+        return _nonblank_lines(table, path, split)
     return table, Where(split=split, source=str(path))
+
+
+def _nonblank_lines(table: Any, path: Path, split: str) -> tuple[Any, Where]:
+    """A plain text file's lines that hold text, each with its line number; none at all is an error."""
+    keep = [i for i, line in enumerate(table["text"]) if line.strip()]
+    if not keep:
+        raise TformerError(f"the {split} file {path} has no text: every line is blank",
+                           hint="a plain text file holds one text per line")
+    return table.select(keep), Where(split=split, source=str(path), rows=[i + 1 for i in keep])
 
 
 def _first_bad_line(path: Path, builder: str) -> str:
@@ -159,10 +171,12 @@ def _read_hub(cfg: Any) -> dict[str, tuple[Any, Where]]:
     return out
 
 
-def _columns(table: Any, cfg: Any, where: Where) -> RawSplit:
+def _columns(table: Any, cfg: Any, where: Where, labels: bool = True) -> RawSplit:
     """Pull the text, pair and label columns out of a table, checking they exist and are filled."""
     columns = list(table.column_names)
-    wanted = {"data.text_column": cfg.text_column, "data.label_column": cfg.label_column}
+    wanted = {"data.text_column": cfg.text_column}
+    if labels:
+        wanted["data.label_column"] = cfg.label_column
     if cfg.text_pair_column:
         wanted["data.text_pair_column"] = cfg.text_pair_column
     for key, col in wanted.items():
@@ -176,7 +190,8 @@ def _columns(table: Any, cfg: Any, where: Where) -> RawSplit:
         raise TformerError(f"the {where.split} split ({where.source}) has no rows")
     texts = _texts(table[cfg.text_column], where, cfg.text_column)
     pairs = _texts(table[cfg.text_pair_column], where, cfg.text_pair_column) if cfg.text_pair_column else None
-    return RawSplit(texts=texts, pairs=pairs, labels=list(table[cfg.label_column]), where=where)
+    values = list(table[cfg.label_column]) if labels else [None] * len(texts)
+    return RawSplit(texts=texts, pairs=pairs, labels=values, where=where)
 
 
 def _texts(values: list[Any], where: Where, column: str) -> list[str]:
@@ -236,8 +251,8 @@ def _quiet_datasets() -> None:
     datasets.logging.set_verbosity(logging.CRITICAL)  # its parse errors become our message, naming the line
 
 
-def read_eval_file(path: Path, cfg: Any) -> RawSplit:
+def read_eval_file(path: Path, cfg: Any, labels: bool = True) -> RawSplit:
     """A user's file with the same columns as the training data, for `tformer eval file=...`."""
     _quiet_datasets()
     table, where = _read_file(path.expanduser(), cfg.format, "file")
-    return _columns(table, cfg, where)
+    return _columns(table, cfg, where, labels)

@@ -18,19 +18,21 @@ from tokenizers import (
 
 from transformer_cli.errors import TformerError
 
-PAD, UNK, CLS, SEP, BOS, EOS = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]"
+PAD, UNK, CLS, SEP, BOS, EOS, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[BOS]", "[EOS]", "[MASK]"
 SPECIALS = [PAD, UNK, CLS, SEP, BOS, EOS]  # PAD is id 0, the padding id everywhere
 PAD_ID = 0
 
 
-def train_tokenizer(texts: Sequence[str], cfg: Any) -> Tokenizer:
-    """Learn a BPE or WordPiece vocabulary from `texts` and set truncation and [CLS]/[SEP] framing."""
+def train_tokenizer(texts: Sequence[str], cfg: Any, extra: Sequence[str] = ()) -> Tokenizer:
+    """Learn a BPE or WordPiece vocabulary from `texts` and set truncation and [CLS]/[SEP] framing; `extra`
+    special tokens (a task's own, e.g. [MASK]) follow tformer's."""
+    specials = [*SPECIALS, *extra]
     if cfg.kind == "wordpiece":
         # WordPiece marks continuations with "##"; the trainer numbers those symbols in hash order, so the
         # vocabulary can differ between two processes on the same text (not reproducible: see docs/reliability.md).
         tok = Tokenizer(models.WordPiece(unk_token=UNK))
         trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                                            special_tokens=SPECIALS, show_progress=False)
+                                            special_tokens=specials, show_progress=False)
         tok.decoder = decoders.WordPiece()
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
     else:
@@ -39,7 +41,7 @@ def train_tokenizer(texts: Sequence[str], cfg: Any) -> Tokenizer:
         # decoding exact. Punctuation is split off after the spaces are marked, so nothing is lost.
         tok = Tokenizer(models.BPE(unk_token=UNK))
         trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                                      special_tokens=SPECIALS, show_progress=False)
+                                      special_tokens=specials, show_progress=False)
         tok.decoder = decoders.Metaspace()
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
     steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])

@@ -3,77 +3,82 @@ match, WER and PER of decoded text."""
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Any, Hashable
 
-import torch
 from torch import Tensor
 
 from transformer_cli.metrics.common import safe_div
+from transformer_cli.metrics.tokens import TokenMetrics
 
 
 class Seq2SeqMetrics:
     """Teacher-forced token accuracy and perplexity (streaming) plus metrics of decoded text.
 
-    Decoded hypotheses and references are kept as strings (not logits) because corpus BLEU and chrF
-    (sacrebleu, the comparable implementation) are computed over the whole set; training-time
-    evaluations decode a bounded number of examples."""
+    Every reference is kept by its source; each distinct source is decoded once. A source with several
+    references (a word with several pronunciations) counts as correct when its output matches any of them:
+    `wer` and `per` are scored that way (PER against the closest reference), as G2P papers do; `wer_single`
+    and `per_single` score every (source, reference) row on its own, as do BLEU and chrF. Decoded text is
+    kept as strings because corpus BLEU and chrF (sacrebleu) are computed over the whole set."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         """Forget everything."""
-        self.nll = 0.0
-        self.tokens = 0
-        self.correct = 0
-        self.hyps: list[str] = []
-        self.refs: list[str] = []
-        self.edits = 0
-        self.ref_units = 0
+        self.token_metrics = TokenMetrics()
+        self.refs: dict[Hashable, list[str]] = {}  # source -> its references, in order of arrival
+        self.hyps: dict[Hashable, str] = {}  # source -> the decoded output
 
     def update_tokens(self, logits: Tensor, labels: Tensor, ignore_index: int = -100) -> None:
         """(N, V) next-token logits and (N,) labels; ignored positions are skipped."""
-        keep = labels != ignore_index
-        logits, labels = logits[keep].float(), labels[keep]
-        logp = torch.log_softmax(logits, dim=-1)
-        self.nll += float(-logp.gather(1, labels[:, None]).sum())
-        self.correct += int((logits.argmax(-1) == labels).sum())
-        self.tokens += int(labels.numel())
+        self.token_metrics.update(logits, labels, ignore_index)
 
-    def update_text(self, hyps: list[str], refs: list[str]) -> None:
-        """Decoded hypotheses and their references, as text."""
-        self.hyps += hyps
-        self.refs += refs
-        for h, r in zip(hyps, refs):
-            ref_units = r.split()
-            self.edits += edit_distance(h.split(), ref_units)
-            self.ref_units += len(ref_units)
+    def add_references(self, sources: list[Hashable], refs: list[str]) -> None:
+        """The reference text of each row, by its source."""
+        for source, ref in zip(sources, refs):
+            self.refs.setdefault(source, []).append(ref)
+
+    def add_hypotheses(self, sources: list[Hashable], hyps: list[str]) -> None:
+        """The decoded text of each (distinct) source."""
+        self.hyps.update(zip(sources, hyps))
 
     def update(self, preds: Tensor, targets: Tensor) -> None:
         """Protocol form: (N, V) logits and (N,) labels."""
         self.update_tokens(preds, targets)
 
     def compute(self) -> dict[str, float]:
-        """token_accuracy, perplexity; with decoded text also bleu, chrf, exact_match, wer, per."""
-        out: dict[str, float] = {
-            "token_accuracy": safe_div(self.correct, self.tokens) if self.tokens else math.nan,
-            "perplexity": math.exp(min(self.nll / self.tokens, 700.0)) if self.tokens else math.nan,
-        }
-        if self.hyps:
+        """token_accuracy, perplexity; with decoded text also bleu, chrf, exact_match, wer, per (any reference)
+        and wer_single, per_single (each row)."""
+        out: dict[str, float] = self.token_metrics.compute()
+        count = out.pop("count")
+        groups = [(self.hyps[s], refs) for s, refs in self.refs.items() if s in self.hyps]
+        if groups:
             import sacrebleu
 
-            exact = sum(h == r for h, r in zip(self.hyps, self.refs)) / len(self.hyps)
-            out.update(bleu=sacrebleu.corpus_bleu(self.hyps, [self.refs]).score,
-                       chrf=sacrebleu.corpus_chrf(self.hyps, [self.refs]).score,
-                       exact_match=exact, wer=1.0 - exact, per=safe_div(self.edits, self.ref_units))
-        out["count"] = self.tokens
-        out["decoded"] = len(self.hyps)
+            rows = [(h, r) for h, group in groups for r in group]
+            hyps, refs = [h for h, _ in rows], [r for _, r in rows]
+            closest = [min(group, key=lambda r, h=h: (edit_distance(h.split(), r.split()), len(r.split())))
+                       for h, group in groups]
+            correct = sum(h in group for h, group in groups) / len(groups)
+            out.update(bleu=sacrebleu.corpus_bleu(hyps, [refs]).score,
+                       chrf=sacrebleu.corpus_chrf(hyps, [refs]).score,
+                       exact_match=correct, wer=1.0 - correct, per=_unit_error_rate([h for h, _ in groups], closest),
+                       wer_single=1.0 - sum(h == r for h, r in rows) / len(rows),
+                       per_single=_unit_error_rate(hyps, refs))
+        out["count"] = count
+        out["decoded"] = len(groups)
         return out
 
     def details(self) -> dict[str, Any]:
-        """A few decoded examples."""
-        return {"examples": [{"reference": r, "hypothesis": h} for h, r in zip(self.hyps[:10], self.refs[:10])]}
+        """A few decoded examples with all their references."""
+        shown = [(self.hyps[s], refs) for s, refs in self.refs.items() if s in self.hyps][:10]
+        return {"examples": [{"references": refs, "hypothesis": h} for h, refs in shown]}
+
+
+def _unit_error_rate(hyps: list[str], refs: list[str]) -> float:
+    """Edit distance over space-separated units, summed, over the references' units (phoneme error rate)."""
+    edits = sum(edit_distance(h.split(), r.split()) for h, r in zip(hyps, refs))
+    return safe_div(edits, sum(len(r.split()) for r in refs))
 
 
 def edit_distance(a: list[str], b: list[str]) -> int:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
 
 from omegaconf import DictConfig
 from tokenizers import Tokenizer
@@ -27,22 +30,45 @@ from transformer_cli.pretrained.directory import (
     read_tensors,
 )
 from transformer_cli.pretrained.source import locate
+from transformer_cli.restore import Restored, restore
 from transformer_cli.validate import ARCHITECTURE, check_train_config
 
 log = logging.getLogger("tformer")
 
 
-def start_from(cfg: DictConfig, dist: Dist = SINGLE) -> tuple[DictConfig, Pretrained | None]:
-    """The config completed with the pretrained model it starts from, and that model (None: from scratch).
+@dataclass
+class Start:
+    """Where a new model's weights start from: a pretrained model's directory, or an earlier run's checkpoint."""
 
-    With several processes rank 0 downloads or unpacks the model first; the others then read the cache."""
+    description: str  # what it is, for the log and `tformer plan`
+    tokenizer: Tokenizer  # its tokenizer, as it is (the run sets its own truncation)
+    load: Callable[[nn.Module], None]  # copies its encoder (and what else fits) into the new model
+
+
+def start_from(cfg: DictConfig, dist: Dist = SINGLE) -> tuple[DictConfig, Start | None]:
+    """The config completed with what the model starts from (model.init_from, or a pretrained model), and that
+    start (None: from scratch).
+
+    With several processes rank 0 downloads or unpacks a pretrained model first; the others then read the cache."""
+    if cfg.model.init_from:
+        path = Path(str(cfg.model.init_from)).expanduser()
+        if not path.exists():
+            raise TformerError(f"model.init_from={cfg.model.init_from}: no such run or checkpoint directory",
+                               hint="give an earlier run's directory (outputs/train/<date>/<time>_...) or one of "
+                                    "its checkpoints/<name> directories")
+        restored = restore(path)
+        cfg = adopt(cfg, restored.config, f"{restored.path / 'config.yaml'} (model.init_from)")
+        check_train_config(cfg)
+        return cfg, Start(f"the encoder of {restored.path} (a {restored.config.task.name} run)", restored.tokenizer,
+                          partial(copy_encoder, restored))
     if cfg.model.source is None:
         return cfg, None
     with dist.main_first():
         pretrained = open_pretrained(locate(cfg.model))
     cfg = resolve(cfg, pretrained)
     check_train_config(cfg)
-    return cfg, pretrained
+    return cfg, Start(f"pretrained {pretrained.settings['family']} from {pretrained.path}", pretrained.tokenizer,
+                      partial(load_pretrained_weights, pretrained=pretrained))
 
 
 def resolve(cfg: DictConfig, pretrained: Pretrained) -> DictConfig:
@@ -60,33 +86,55 @@ def resolve(cfg: DictConfig, pretrained: Pretrained) -> DictConfig:
     return out
 
 
-def adopt(cfg: DictConfig, saved: DictConfig) -> DictConfig:
-    """The config with a checkpoint's pretrained settings in `model` (resuming needs no model directory)."""
+def adopt(cfg: DictConfig, saved: DictConfig, source: str = "the checkpoint's config.yaml") -> DictConfig:
+    """The config with a checkpoint's model settings and tokenizer in place: a resumed run, or a run that starts
+    from an earlier one's encoder (model.init_from). Neither needs a model directory."""
     out = copy.deepcopy(cfg)
     for key in SETTINGS:
-        out.model[key] = _settled(cfg.model, key, saved.model[key], "the checkpoint's config.yaml")
+        out.model[key] = _settled(cfg.model, key, saved.model[key], source)
+    for key in TOKENIZER:  # the checkpoint's tokenizer is the one used, whatever settings this run has
+        if cfg.data.tokenizer[key] != saved.data.tokenizer[key]:
+            log.info("data.tokenizer.%s=%r is not used: the tokenizer of %s was made with %r", key,
+                     cfg.data.tokenizer[key], source, saved.data.tokenizer[key])
+        out.data.tokenizer[key] = saved.data.tokenizer[key]
     if cfg.data.tokenizer.max_length is None:  # the model's own length, as the run found it
         out.data.tokenizer.max_length = saved.data.tokenizer.max_length
     return out
 
 
 SETTINGS = (*ARCHITECTURE, "vocab_size", "sep_id")  # what a pretrained model's directory decides
+TOKENIZER = ("kind", "vocab_size", "min_frequency", "lowercase")  # what made a stored tokenizer
 
 
-def _settled(model: DictConfig, key: str, value: Any, source: str) -> Any:
+def _settled(node: DictConfig, key: str, value: Any, source: str, prefix: str = "model") -> Any:
     """The pretrained value where the setting is unset (null); a different given value is an error."""
-    if model[key] is None or model[key] == value:
+    if node[key] is None or node[key] == value:
         return value
-    raise TformerError(f"model.{key}={model[key]!r}, but the pretrained model has {value!r} ({source})",
-                       hint=f"drop the model.{key} override: a pretrained encoder keeps its architecture")
+    raise TformerError(f"{prefix}.{key}={node[key]!r}, but the model it starts from has {value!r} ({source})",
+                       hint=f"drop the {prefix}.{key} override, or choose the same model preset as that model: it "
+                            "keeps its architecture and tokenizer")
 
 
-def pretrained_tokenizer(pretrained: Pretrained, max_length: int) -> Tokenizer:
-    """The model's own tokenizer, truncating at `max_length` and padding nothing (batches pad themselves)."""
-    tokenizer = Tokenizer.from_str(pretrained.tokenizer.to_str())
+def truncating(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
+    """A copy of a tokenizer, truncating at `max_length` and padding nothing (batches pad themselves)."""
+    tokenizer = Tokenizer.from_str(tokenizer.to_str())
     tokenizer.enable_truncation(max_length=max_length)
     tokenizer.no_padding()
     return tokenizer
+
+
+def copy_encoder(restored: Restored, model: nn.Module) -> None:
+    """Copy an earlier run's encoder into `model.encoder`, tensor by tensor (a mismatch names the tensor)."""
+    theirs, ours = restored.model.encoder.state_dict(), model.encoder.state_dict()
+    problems = [f"{k}: {tuple(theirs[k].shape)} there, {tuple(v.shape)} here" for k, v in ours.items()
+                if k in theirs and theirs[k].shape != v.shape]
+    problems += [f"{k} is missing there" for k in ours if k not in theirs]
+    if problems:
+        raise TformerError(f"the encoder of {restored.path} does not fit this model: {'; '.join(problems[:5])}",
+                           hint="use the same model settings as that run")
+    model.encoder.load_state_dict(theirs)
+    log.info("encoder weights from %s (%s run, step %s)", restored.path, restored.config.task.name,
+             restored.checkpoint.meta.get("step"))
 
 
 def load_pretrained_weights(model: nn.Module, pretrained: Pretrained) -> None:

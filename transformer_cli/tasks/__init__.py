@@ -9,9 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from tokenizers import Tokenizer
+
+from transformer_cli.data.tokenize import MASK
 from transformer_cli.errors import TformerError, choose
 from transformer_cli.losses import LOSSES
-from transformer_cli.tasks import classify, multilabel, regress, seq2seq
+from transformer_cli.tasks import classify, mlm, multilabel, regress, seq2seq
 from transformer_cli.tasks.protocol import Task
 
 
@@ -20,13 +23,16 @@ class TaskSpec:
     """One task: its config schema, how it learns its state from the training targets and is built from it."""
 
     schema: type
-    fit_state: Callable[[Sequence[Any], Any, list[str] | None, str], dict[str, Any]]  # (values, cfg, labels, source)
+    # (label values, task cfg, data.labels, source, input tokenizer) -> the state the task is built from
+    fit_state: Callable[[Sequence[Any], Any, list[str] | None, str, Tokenizer | None], dict[str, Any]]
     build: Callable[[Any, str, dict[str, Any]], Task]  # (task cfg, loss kind, state) -> the task
     target_kinds: tuple[str, ...]  # what its losses may consume (see losses/base.py)
     natural_loss: str  # the loss used when none is given
     metrics: dict[str, str]  # validation metric -> "max" or "min" (which way is better); any can be monitored
     default_monitor: str
     summary: str
+    reads_labels: bool = True  # False: it learns from the text alone (no label column is read)
+    specials: tuple[str, ...] = ()  # special tokens it needs in a vocabulary tformer trains
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -52,6 +58,11 @@ TASKS: dict[str, TaskSpec] = {
         seq2seq.Seq2SeqConfig, seq2seq.Seq2SeqTask.fit_state, seq2seq.Seq2SeqTask, ("index",), "ce",
         seq2seq.METRICS, "bleu",
         "text to text with an encoder-decoder (translation, grapheme-to-phoneme), beam search",
+    ),
+    "mlm": TaskSpec(
+        mlm.MLMConfig, mlm.MLMTask.fit_state, mlm.MLMTask, ("index",), "ce", mlm.METRICS, "perplexity",
+        "masked-language modelling on unlabelled text (pretraining, or adapting a pretrained encoder)",
+        reads_labels=False, specials=(MASK,),
     ),
 }
 

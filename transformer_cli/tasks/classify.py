@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from transformer_cli.data.batching import Batch
@@ -54,7 +55,8 @@ class ClassifyTask:
             )
 
     @staticmethod
-    def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str) -> dict[str, Any]:
+    def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str,
+                  tokenizer: Tokenizer | None = None) -> dict[str, Any]:
         """The label set: data.labels if given, else every distinct training label, sorted."""
         labels = list(fixed) if fixed else sorted_labels({label_key(v) for v in values if not is_missing(v)})
         return {"labels": check_label_set(labels, source)}

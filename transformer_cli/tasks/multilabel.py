@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from transformer_cli.data.batching import Batch
@@ -70,7 +71,8 @@ class MultiLabelTask:
             raise TformerError(f"task.threshold must be in (0, 1), got {cfg.threshold}")
 
     @staticmethod
-    def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str) -> dict[str, Any]:
+    def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str,
+                  tokenizer: Tokenizer | None = None) -> dict[str, Any]:
         """The label set: data.labels if given, else every label seen in training, sorted."""
         if fixed:
             return {"labels": check_label_set(list(fixed), source)}

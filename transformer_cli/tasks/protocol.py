@@ -48,11 +48,11 @@ class Task(Protocol):
         """What the loss may need from the training targets (class counts for `auto` weights)."""
         ...
 
-    def forward(self, model: nn.Module, batch: Batch) -> Tensor:
-        """Run the model on a batch: the raw outputs the loss and metrics read."""
+    def forward(self, model: nn.Module, batch: Batch) -> Any:
+        """Run the model on a batch: the raw outputs (a tensor, or a tuple of them) the loss and metrics read."""
         ...
 
-    def loss_inputs(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    def loss_inputs(self, outputs: Any, targets: Tensor) -> tuple[Tensor, Tensor]:
         """(outputs, targets) as the loss of `loss_kind` expects them."""
         ...
 
@@ -60,7 +60,7 @@ class Task(Protocol):
         """Fresh streaming metrics for one evaluation."""
         ...
 
-    def observe(self, metrics: Metrics, model: nn.Module, batch: Batch, outputs: Tensor) -> None:
+    def observe(self, metrics: Metrics, model: nn.Module, batch: Batch, outputs: Any) -> None:
         """Add one evaluated batch to the metrics (a generating task also decodes here)."""
         ...
 

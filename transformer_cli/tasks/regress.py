@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from transformer_cli.data.batching import Batch
@@ -42,7 +43,8 @@ class RegressTask:
         self.std = float(state["std"])
 
     @staticmethod
-    def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str) -> dict[str, Any]:
+    def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str,
+                  tokenizer: Tokenizer | None = None) -> dict[str, Any]:
         """Training target mean and std (0 and 1 when standardisation is off)."""
         standardize = bool(cfg.standardize)
         ys = [_number(v) for v in values]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from tokenizers import Tokenizer, processors
 from torch import Tensor, nn
 
@@ -27,8 +28,9 @@ IGNORE = -100  # label of padding positions; the loss's ignore_index must be thi
 # Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
 METRICS = {"loss": "min", "token_accuracy": "max", "perplexity": "min", "bleu": "max", "chrf": "max",
            "exact_match": "max",
-           "wer": "min",  # fraction of outputs with any error (G2P's word error rate)
-           "per": "min"}  # edit distance over space-separated units / reference units (G2P's phoneme error rate)
+           "wer": "min",  # sources whose output matches none of their references (G2P's word error rate)
+           "per": "min",  # edits to the closest reference over its units (G2P's phoneme error rate)
+           "wer_single": "min", "per_single": "min"}  # the same, each (source, reference) row on its own
 
 
 @dataclass
@@ -42,8 +44,8 @@ class Seq2SeqConfig:
     target_max_length: int = 128  # target tokens kept, BOS and EOS included
     beam_size: int = 4  # decoding of the final evaluation, `tformer eval` and `tformer predict`
     eval_beam_size: int = 1  # decoding during training-time evaluations (1 = greedy, cheap)
-    eval_decode_every: int = 1  # training-time evaluations decode every k-th example (by dataset index, so
-    #                             the sample spans all lengths); the final evaluation decodes all
+    eval_decode_every: int = 1  # training-time evaluations decode one in k distinct sources (by a hash of the
+    #                             source, so the sample spans all lengths); the final evaluation decodes all
     length_penalty: float = 1.0  # beam scores are divided by length**length_penalty
     max_len_a: float = 1.5  # a target may have at most a x source tokens + b tokens
     max_len_b: int = 10
@@ -66,7 +68,8 @@ class Seq2SeqTask:
         self.beam: int = cfg.eval_beam_size
 
     @staticmethod
-    def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str) -> dict[str, Any]:
+    def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str,
+                  tokenizer: Tokenizer | None = None) -> dict[str, Any]:
         """Train the target vocabulary on the training targets."""
         texts = [str(v) for v in values if not is_missing(v) and str(v).strip()]
         if not texts:
@@ -109,14 +112,22 @@ class Seq2SeqTask:
         return Seq2SeqMetrics()
 
     def observe(self, metrics: Seq2SeqMetrics, model: nn.Module, batch: Batch, outputs: Tensor) -> None:
-        """Token metrics, then decode the batch (every k-th example while training) for the text metrics."""
+        """Token metrics and every row's reference; then decode each source not decoded yet (while training,
+        only every k-th example's) for the text metrics. Rows of one source (a word's pronunciations) share it."""
         metrics.update_tokens(*self.loss_inputs(outputs, batch.targets), ignore_index=IGNORE)
-        keep = batch.index % self.decode_every == 0  # (B,) a sample spread over lengths, not the shortest
-        if not bool(keep.any()):
+        sources = [tuple(ids[:n]) for ids, n in zip(batch.input_ids.tolist(), batch.mask.sum(1).tolist())]
+        metrics.add_references(sources, [self.decode(row) for row in batch.targets.tolist()])
+        first: dict[tuple[int, ...], int] = {}  # each source still to decode -> its first row here
+        for i, source in enumerate(sources):
+            # while training a sample of the sources, spread over lengths and not weighted by their rows
+            # (the hash of a tuple of ints is the same in every process and run)
+            if hash(source) % self.decode_every == 0 and source not in metrics.hyps:
+                first.setdefault(source, i)
+        if not first:
             return
-        hyps = self.generate(model, batch.input_ids[keep], batch.mask[keep], self.beam)
-        refs = [self.decode(row) for row in batch.targets[keep].tolist()]
-        metrics.update_text([self.decode(h.tokens) for h in hyps], refs)
+        picked = torch.tensor(list(first.values()), device=batch.input_ids.device)
+        hyps = self.generate(model, batch.input_ids[picked], batch.mask[picked], self.beam)
+        metrics.add_hypotheses(list(first), [self.decode(h.tokens) for h in hyps])
 
     def generate(self, model: nn.Module, src: Tensor, mask: Tensor, beam: int) -> list[Hypothesis]:
         """Decode sources: greedy for beam 1, else beam search; lengths capped at a x source + b."""

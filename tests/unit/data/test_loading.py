@@ -253,8 +253,8 @@ def test_header_only_file(tmp_path: Path) -> None:
 
 def test_unknown_extension(tmp_path: Path) -> None:
     """An extension tformer cannot map to a reader is named, with data.format as the way out."""
-    f = write(tmp_path / "train.txt", ROWS)
-    with pytest.raises(TformerError, match="train.txt") as err:
+    f = write(tmp_path / "train.dat", ROWS)  # (.txt is a plain text corpus: one text per line)
+    with pytest.raises(TformerError, match="train.dat") as err:
         load_splits(data_cfg(train=str(f)))
     assert "data.format" in str(err.value)
     with pytest.raises(TformerError, match="data.format='xml'"):

@@ -17,7 +17,7 @@ from transformer_cli.model import Encoder
 from transformer_cli.pretrained.directory import open_pretrained
 from transformer_cli.pretrained.settings import (
     load_pretrained_weights,
-    pretrained_tokenizer,
+    truncating,
 )
 
 FAMILIES = ("bert", "roberta", "distilbert")
@@ -27,7 +27,7 @@ PAIRS = [("the film was good", "very fun"), ("bad", "the plot was slow and the m
 def encoder_from(folder: Path) -> tuple[Encoder, object]:
     """tformer's encoder with the directory's weights (dropout off), and the directory's tokenizer."""
     pretrained = open_pretrained(folder)
-    tokenizer = pretrained_tokenizer(pretrained, 60)
+    tokenizer = truncating(pretrained.tokenizer, 60)
     encoder = Encoder(tokenizer.get_vocab_size(), ModelConfig(**{**pretrained.settings, "dropout": 0.0}))
     holder = torch.nn.Module()
     holder.encoder = encoder

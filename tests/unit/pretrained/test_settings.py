@@ -38,7 +38,7 @@ def test_a_given_setting_must_agree_with_the_directory(compose_train: Callable, 
     folder = tiny_hf("bert")
     same = resolve(pretrained_config(compose_train, folder, "model.n_layers=2"), open_pretrained(folder))
     assert same.model.n_layers == 2
-    with pytest.raises(TformerError, match=r"model.n_layers=5, but the pretrained model has 2"):
+    with pytest.raises(TformerError, match=r"model.n_layers=5, but the model it starts from has 2"):
         resolve(pretrained_config(compose_train, folder, "model.n_layers=5"), open_pretrained(folder))
 
 
