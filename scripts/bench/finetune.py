@@ -21,14 +21,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from scripts.bench.command import TFORMER, run, summary_of
 
 DIFFERENCES = ("tformer buckets examples by length (the loop: uniform shuffle, each batch padded to its longest)",
                "tformer tokenizes each split once; the loop tokenizes every batch with AutoTokenizer",
@@ -48,26 +48,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(cmd: list[str], log: Path) -> tuple[float, str]:
-    """Run a command to completion; (wall seconds, stdout). A failure stops the benchmark with its output."""
-    start = time.time()
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    seconds = time.time() - start
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}\n{proc.stderr[-3000:]}")
-    return seconds, proc.stdout
-
-
 def tformer(args: argparse.Namespace, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """One whole `tformer train` command: its wall time and its summary."""
     smoke = ["data.max_train_examples=96", "data.max_eval_examples=64", "trainer.max_steps=3"] if args.smoke else []
-    cmd = [sys.executable, "-m", "transformer_cli", "train", *overrides, f"trainer.max_epochs={args.epochs}",
+    cmd = [*TFORMER, "train", *overrides, f"trainer.max_epochs={args.epochs}",
            "trainer.progress=false", f"hydra.run.dir={run_dir}", *smoke]
     wall, _ = run(cmd, run_dir.with_suffix(".log"))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = summary_of(run_dir)
     return {"wall_seconds": wall, "train_seconds": summary["train_seconds"], "steps": summary["steps"],
             "metrics": summary["final"]}
 

@@ -10,15 +10,12 @@ checkpoint is what `experiment=g2p` produces, and epoch E what `trainer.max_epoc
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from transformer_cli.files import read_json
+from scripts.bench.command import TFORMER, run
+from transformer_cli.files import read_json, write_json
 from transformer_cli.writers import read_jsonl
 
 METRICS = ("wer", "per", "wer_single", "per_single", "exact_match")
@@ -34,14 +31,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="evaluate the epochs of an earlier (or stopped) run in OUT/run instead of training")
     p.add_argument("--smoke", action="store_true", help="a few steps on a few words: checks the script runs")
     return p.parse_args(argv)
-
-
-def tformer(args: list[str]) -> None:
-    """Run one tformer command to completion, or stop with its error."""
-    cmd = [sys.executable, "-m", "transformer_cli", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
 
 
 def epoch_ends(run_dir: Path) -> dict[int, tuple[int, float]]:
@@ -68,18 +57,18 @@ def main(argv: list[str] | None = None) -> None:
         start, wall = command_start(run_dir), None
     else:
         start = time.time()
-        tformer(["train", "experiment=g2p_long", *epochs, "trainer.keep_last=1000", "trainer.progress=false",
-                 f"hydra.run.dir={run_dir}"])
-        wall = time.time() - start
+        wall, _ = run([*TFORMER, "train", "experiment=g2p_long", *epochs, "trainer.keep_last=1000",
+                       "trainer.progress=false", f"hydra.run.dir={run_dir}"], args.out / "run.log")
     rows: list[dict[str, Any]] = []
     for epoch, (step, ended) in sorted(epoch_ends(run_dir).items()):
         ckpt = run_dir / "checkpoints" / f"step-{step:07d}"
         out = args.out / f"eval-epoch{epoch}"
-        tformer(["eval", f"ckpt={ckpt}", "split=test", "progress=false", f"hydra.run.dir={out}"])
+        run([*TFORMER, "eval", f"ckpt={ckpt}", "split=test", "progress=false", f"hydra.run.dir={out}"],
+            out.with_suffix(".log"))
         metrics = read_json(out / "eval.json")["metrics"]
         rows.append({"epoch": epoch, "step": step, "minutes": (ended - start) / 60,
                      **{name: metrics[name] for name in METRICS}})
-    (args.out / "g2p.json").write_text(json.dumps({"wall_seconds": wall, "curve": rows}, indent=2))
+    write_json(args.out / "g2p.json", {"wall_seconds": wall, "curve": rows})
     took = "" if wall is None else f": {wall / 60:.1f} min for the whole command"
     print(f"experiment=g2p_long{took}; test split, beam search")
     print("| epoch | minutes | WER | PER | WER (one reference) | PER (one reference) | exact match |")

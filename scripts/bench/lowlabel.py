@@ -10,14 +10,12 @@ time is reported beside it.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from scripts.bench.command import TFORMER, run, summary_of
+from transformer_cli.files import write_json
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,14 +33,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def train(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """One whole `tformer train`: its summary and wall time."""
-    start = time.time()
-    cmd = [sys.executable, "-m", "transformer_cli", "train", *overrides, "trainer.progress=false",
-           f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return {"wall_seconds": time.time() - start, "final": summary["final"], "steps": summary["steps"]}
+    wall, _ = run([*TFORMER, "train", *overrides, "trainer.progress=false", f"hydra.run.dir={run_dir}"],
+                  run_dir.with_suffix(".log"))
+    summary = summary_of(run_dir)
+    return {"wall_seconds": wall, "final": summary["final"], "steps": summary["steps"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         pretrain = train(pretrain_dir, ["experiment=rt_mlm", *smoke])
     else:
         pretrain_dir = args.pretrained
-        summary = json.loads((pretrain_dir / "summary.json").read_text())
+        summary = summary_of(pretrain_dir)
         pretrain = {"wall_seconds": None, "final": summary["final"], "steps": summary["steps"]}
     rows: dict[str, list[float]] = {"after MLM": [], "from scratch": []}
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -65,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             rows[name].append(run["final"]["test"]["accuracy"])
     results = {"pretrain": pretrain, "test_accuracy": rows, "labels": args.labels}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lowlabel.json").write_text(json.dumps(results, indent=2))
+    write_json(args.out / "lowlabel.json", results)
     took = "not timed here" if pretrain["wall_seconds"] is None else f"{pretrain['wall_seconds']:.0f} s"
     print(f"MLM pretraining on the training texts: {took}, {pretrain['steps']} steps, "
           f"held-out perplexity {pretrain['final']['validation']['perplexity']:.1f}")
