@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 
-from transformer_cli import __version__
+from transformer_cli.version import __version__
 from transformer_cli.data.tokenize import load_tokenizer, save_tokenizer
 from transformer_cli.errors import TformerError
 from transformer_cli.files import dumps, fsync, fsync_dir, read_json, sha256_file, umask

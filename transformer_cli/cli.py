@@ -50,14 +50,14 @@ def _train(cfg: DictConfig) -> float:
     """Hydra task function of `tformer train`."""
     from transformer_cli.run import train
 
-    return _guard(lambda: train(cfg, _run_dir()), sweep_cfg=cfg)
+    return _guard(lambda: train(cfg, job_dir()), sweep_cfg=cfg)
 
 
 def _eval(cfg: DictConfig) -> Any:
     """Hydra task function of `tformer eval`."""
     from transformer_cli.run import evaluate
 
-    return _guard(lambda: evaluate(cfg, _run_dir()))
+    return _guard(lambda: evaluate(cfg, job_dir()))
 
 
 def _predict(cfg: DictConfig) -> Any:
@@ -78,7 +78,7 @@ def _export(cfg: DictConfig) -> Any:
     """Hydra task function of `tformer export`."""
     from transformer_cli.export import export
 
-    return _guard(lambda: export(cfg, _run_dir()))
+    return _guard(lambda: export(cfg, job_dir()))
 
 
 def _ls(args: list[str]) -> int:
@@ -110,7 +110,7 @@ COMMANDS: dict[str, Callable[[DictConfig], Any]] = {"train": _train, "eval": _ev
 PLAIN_COMMANDS: dict[str, Callable[[list[str]], int]] = {"report": _report, "ls": _ls, "cp": _cp}
 
 
-def _run_dir() -> Path:
+def job_dir() -> Path:
     """This job's Hydra output directory."""
     return Path(HydraConfig.get().runtime.output_dir)
 
@@ -122,7 +122,7 @@ def _guard(job: Callable[[], Any], sweep_cfg: DictConfig | None = None) -> Any:
     a failure is recorded in its directory instead of ending the sweep (transformer_cli/sweep.py)."""
     try:
         if sweep_cfg is not None and sweep.in_multirun():
-            return sweep.run_job(job, sweep_cfg, _run_dir(), report_error)
+            return sweep.run_job(job, sweep_cfg, job_dir(), report_error)
         return job()
     except TformerError as err:
         if os.environ.get("TFORMER_TRACEBACK"):
@@ -162,11 +162,11 @@ def main(argv: list[str] | None = None) -> None:
                                   [*COMMANDS, *PLAIN_COMMANDS]))
     if command in PLAIN_COMMANDS:
         raise SystemExit(_guard(lambda: PLAIN_COMMANDS[command](rest)))
-    rest = _guard(lambda: _prepare(command, rest))
+    rest = _guard(lambda: prepare(command, rest))
     run_app(command, rest)
 
 
-def _prepare(command: str, rest: list[str]) -> list[str]:
+def prepare(command: str, rest: list[str]) -> list[str]:
     """Check a Hydra command's line before Hydra composes it; under torchrun, this rank's overrides."""
     from transformer_cli.validate import register_schemas
 
@@ -191,7 +191,13 @@ def _prepare(command: str, rest: list[str]) -> list[str]:
 def run_app(command: str, rest: list[str]) -> None:
     """Run a command's Hydra app on the rest of the command line, searching --config-dir first."""
     rest = _guard(lambda: use_config_dirs(rest))
-    app = hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")(COMMANDS[command])
+    run_hydra(command, rest, COMMANDS[command])
+
+
+def run_hydra(command: str, rest: list[str], task_function: Callable[[DictConfig], Any]) -> None:
+    """Compose the command's config from conf/ and the rest of the line, and run `task_function` on it as a
+    Hydra app (its run directory, log and .hydra/ record). The Python API's train runs through here too."""
+    app = hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")(task_function)
     sys.argv = ["tformer", *rest]  # Hydra names the program after argv[0] in --help and shell completion
     app()
 

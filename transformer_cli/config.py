@@ -124,8 +124,16 @@ class LoggerConfig:
     """Where metrics go: metrics.jsonl and metrics.csv always, plus the backends named here."""
 
     name: str = "files"
-    backends: list[str] = field(default_factory=list)  # extra writers by name: tensorboard
+    backends: list[str] = field(default_factory=list)  # extra writers by name: tensorboard, mlflow
     tensorboard_dir: str = "tensorboard"  # event files, relative to the run directory
+    # mlflow: where runs go. null: $MLFLOW_TRACKING_URI if set, else a local store in ./mlruns (SQLite, no
+    # server); a directory: a local store there; http(s)://host:port: a tracking server; any other URI
+    # MLflow takes (sqlite:///file.db, postgresql://...) as it is.
+    tracking_uri: str | None = None
+    experiment: str | None = None  # MLflow experiment (default: the sweep's name in a sweep, else "tformer")
+    run_name: str | None = None  # MLflow run name (default: the run directory's name)
+    log_checkpoints: bool = False  # also upload the best checkpoint as artifacts (checkpoints/best)
+    required: bool = False  # a tracking server that cannot be reached: error (exit 2) instead of a warning
 
 
 @dataclass

@@ -26,7 +26,6 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from transformer_cli import __version__
 from transformer_cli.data.tokenize import PAD, PAD_ID, encode
 from transformer_cli.errors import TformerError, choose
 from transformer_cli.files import write_json
@@ -38,6 +37,7 @@ from transformer_cli.pretrained.export import (
 )
 from transformer_cli.restore import Restored, restore
 from transformer_cli.tasks.protocol import Readout
+from transformer_cli.version import __version__
 
 log = logging.getLogger(__name__)
 

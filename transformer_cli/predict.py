@@ -12,7 +12,9 @@ once all of them are ready (the input is held in memory, so `predict` suits file
 Logs go to stderr and the run directory, never to stdout.
 
 The task turns each batch into records (tasks/protocol.py, `Task.predict`): labels and probabilities,
-a value, or generated text with its score; nothing here depends on which.
+a value, or generated text with its score; nothing here depends on which. `predict_texts` is the one way from
+texts to records: this command and the Python API (`transformer_cli.load(...).predict(...)`, api.py) both
+call it, so they return the same records.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import lzma
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -40,8 +42,8 @@ from transformer_cli.data.batching import EncodedSplit
 from transformer_cli.data.tokenize import encode
 from transformer_cli.device import Precision, resolve_device, resolve_precision
 from transformer_cli.errors import TformerError
-from transformer_cli.files import dumps, write_text_atomic
-from transformer_cli.restore import restore
+from transformer_cli.files import dumps, jsonable, write_text_atomic
+from transformer_cli.restore import Restored, restore
 from transformer_cli.tasks import Task
 
 log = logging.getLogger("tformer")
@@ -78,24 +80,57 @@ class Columns:
 
 def predict(cfg: DictConfig) -> int:
     """Predict every input of `cfg.input` with the checkpoint and write JSON Lines; returns the count."""
-    if cfg.top_k < 0:
-        raise TformerError(f"top_k must be 0 or more, got {cfg.top_k}")
-    if cfg.batch_size is not None and cfg.batch_size <= 0:
-        raise TformerError(f"batch_size must be positive, got {cfg.batch_size}")
+    check_options(cfg.top_k, cfg.batch_size)
     output = None if cfg.output == STDIO else Path(cfg.output).expanduser()
     _check_output(output, cfg.input)
     precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
     restored = restore(cfg.ckpt)
-    data = restored.config.data
-    inputs = read_inputs(cfg.input, cfg.format, Columns(data.text_column, data.text_pair_column))
-    ids = encode(restored.tokenizer, inputs.texts, inputs.pairs)
-    records = predict_records(restored.model.to(precision.device), restored.task, ids,
-                              cfg.batch_size or restored.config.trainer.eval_batch_size, precision, cfg.top_k)
+    inputs = read_inputs(cfg.input, cfg.format, columns_of(restored))
+    records = predict_texts(restored, precision, inputs.texts, inputs.pairs, cfg.top_k, cfg.batch_size)
     lines = [_json_line({ID_COLUMN: i, **r}) for i, r in zip(inputs.ids, records)]
     write_lines(lines, output)
     log.info("%d predictions from %s (%s) -> %s", len(lines), restored.path, _name(cfg.input),
              output if output is not None else "stdout")
     return len(lines)
+
+
+def check_options(top_k: int, batch_size: int | None) -> None:
+    """top_k and batch_size are usable (checked before the checkpoint is read)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise TformerError(f"top_k must be 0 or more, got {top_k!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
+        raise TformerError(f"batch_size must be positive, got {batch_size!r}")
+
+
+def columns_of(restored: Restored) -> Columns:
+    """The input columns the checkpoint was trained on (the text, and the pair's second text if any)."""
+    data = restored.config.data
+    return Columns(data.text_column, data.text_pair_column)
+
+
+def predict_texts(restored: Restored, precision: Precision, texts: Sequence[str], pairs: Sequence[str] | None,
+                  top_k: int, batch_size: int | None = None) -> list[dict[str, Any]]:
+    """One prediction record per text, in order, as `tformer predict` writes it (without the id).
+
+    `pairs` holds each text's second text when the checkpoint reads sentence pairs (else None); batch_size
+    defaults to the eval_batch_size the model was trained with. The records are plain JSON values."""
+    check_options(top_k, batch_size)
+    for what, values in (("text", texts), ("pair", pairs or ())):
+        wrong = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+        if wrong is not None:
+            raise TformerError(f"{what} {wrong} is a {type(values[wrong]).__name__}, not a string",
+                               hint="pass a list of strings")
+    columns = columns_of(restored)
+    if columns.pair and (pairs is None or len(pairs) != len(texts)):
+        got = "none" if pairs is None else f"{len(pairs)} for {len(texts)} texts"
+        raise TformerError(f"this checkpoint reads sentence pairs ({columns.text}, {columns.pair}): every text "
+                           f"needs its second text (got {got})", hint="pass pairs=[...], one per text")
+    if not columns.pair and pairs is not None:
+        raise TformerError("this checkpoint reads single texts, not pairs", hint="leave pairs out")
+    ids = encode(restored.tokenizer, list(texts), list(pairs) if pairs is not None else None)
+    records = predict_records(restored.model.to(precision.device), restored.task, ids,
+                              batch_size or restored.config.trainer.eval_batch_size, precision, top_k)
+    return [jsonable(r) for r in records]
 
 
 def predict_records(model: nn.Module, task: Task, ids: list[np.ndarray], batch_size: int, precision: Precision,

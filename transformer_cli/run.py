@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from transformer_cli import __version__
 from transformer_cli.checkpoint import (
     CheckpointDir,
     load_checkpoint,
@@ -44,6 +43,7 @@ from transformer_cli.rng import seed_everything
 from transformer_cli.run_card import write_run_card
 from transformer_cli.tasks import TASKS, monitor_of
 from transformer_cli.validate import check_train_config
+from transformer_cli.version import __version__
 from transformer_cli.writers import NullWriter, Writer, open_writers
 
 log = logging.getLogger("tformer")
@@ -117,7 +117,7 @@ def _train(s: Session, start: float) -> float:
         if s.resumed is not None:
             continue_metrics(s.resumed.path, s.run_dir / "metrics.jsonl", int(s.resumed.checkpoint.meta["step"]))
     writers = open_writers(OmegaConf.select(s.cfg, "logger"), s.run_dir, s.cfg) if s.dist.is_main else NullWriter()
-    with writers as writer:  # metrics.jsonl, .csv, [tensorboard]
+    with writers as writer:  # metrics.jsonl, .csv, [tensorboard], [mlflow]
         fitter = make_fitter(s, writer)
         train_start = time.time()
         state = fitter.fit(s.prep.splits["train"], s.prep.splits["validation"])
@@ -127,14 +127,20 @@ def _train(s: Session, start: float) -> float:
         best = load_checkpoint(s.ckpts.root / "best")
         load_weights(s.model, best.weights, best.path)
         final = final_evaluation(s, writer, state)
-    summary = summarize(s, state, final, train_seconds, time.time() - start)
-    write_json(s.run_dir / "summary.json", summary)
-    write_run_card(s.run_dir, s.cfg, jsonable(summary))
+        summary = summarize(s, state, final, train_seconds, time.time() - start)
+        write_json(s.run_dir / "summary.json", summary)
+        write_run_card(s.run_dir, s.cfg, jsonable(summary))
+        writer.finish(result_files(s.run_dir), s.ckpts.root / "best")  # e.g. MLflow uploads them
     monitor = s.monitor[0]
     print_results(f"{s.cfg.task.name} / {s.cfg.loss.name}: best {monitor}={state.best_value:.4f} at step "
                   f"{state.best_step}", {k: v["metrics"] for k, v in final.items()})
     log.info("run directory: %s", s.run_dir)
     return _best(state)
+
+
+def result_files(run_dir: Path) -> list[Path]:
+    """What a completed run wrote besides its metrics and checkpoints: the writers' artifacts."""
+    return [run_dir / name for name in ("README.md", "summary.json", "config.yaml", "curves.png")]
 
 
 def log_start(s: Session) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-import transformer_cli
 from transformer_cli.errors import TformerError
+from transformer_cli.files import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ NOT_REPRODUCED = ("resume",)
 
 def write_run_card(run_dir: Path, cfg: DictConfig, summary: dict[str, Any]) -> Path:
     """Write `run_dir/README.md` for a finished training run."""
-    hydra = _hydra_record(run_dir)
+    hydra = hydra_record(run_dir)
     sections = [
         _title(run_dir, cfg, summary),
         _what(cfg, summary, hydra),
@@ -45,7 +45,7 @@ def write_run_card(run_dir: Path, cfg: DictConfig, summary: dict[str, Any]) -> P
 # ----------------------------------------------------------------------------- what Hydra recorded
 
 
-def _hydra_record(run_dir: Path) -> dict[str, Any]:
+def hydra_record(run_dir: Path) -> dict[str, Any]:
     """Overrides, config sources, group choices and working directory of this job, as Hydra saw them."""
     from hydra.core.hydra_config import HydraConfig
 
@@ -149,6 +149,10 @@ def _curves(run_dir: Path) -> str:
     if not (run_dir / "curves.png").is_file():
         return ""
     extra = " TensorBoard: `tensorboard --logdir tensorboard`." if (run_dir / "tensorboard").is_dir() else ""
+    mlflow = read_json_object(run_dir / "mlflow.json")
+    if mlflow:
+        extra += (f" MLflow: run `{mlflow.get('run_id')}` of experiment `{mlflow.get('experiment')}`, "
+                  f"`{mlflow.get('ui')}`.")
     return f"## Curves\n\n![training and validation curves](curves.png)\n\nData: `metrics.jsonl`, `metrics.csv`.{extra}"
 
 
@@ -161,7 +165,7 @@ def _environment(summary: dict[str, Any]) -> str:
         import torch
 
         rows.append(("gpu", torch.cuda.get_device_name()))
-    source = Path(transformer_cli.__file__).parent
+    source = Path(__file__).parent  # the package's own directory
     rows.append(("tformer source", git_state(source, must_track=source / "__init__.py") or "not a git checkout"))
     cwd_state = git_state(Path.cwd())
     if cwd_state and cwd_state != git_state(source):
@@ -188,7 +192,8 @@ def _files(run_dir: Path) -> str:
         "metrics.jsonl": "one JSON line per training, evaluation and final record",
         "metrics.csv": "the same records as a table", "curves.png": "loss and monitored metric against steps",
         "checkpoints": "`best/` and `last/`: self-describing checkpoints (`tformer eval ckpt=<this dir>`)",
-        "tensorboard": "TensorBoard event files", "train.log": "the log", ".hydra": "Hydra's own record",
+        "tensorboard": "TensorBoard event files", "mlflow.json": "the MLflow run this run logs to",
+        "train.log": "the log", ".hydra": "Hydra's own record",
     }
     rows = [(f"`{name}`", what) for name, what in known.items() if (run_dir / name).exists()]
     return "## Files\n\n" + _table(("file", "what"), rows)

@@ -1,8 +1,9 @@
-"""Metric writers a run sends its records to: JSON Lines and CSV always, TensorBoard when configured.
+"""Metric writers a run sends its records to: JSON Lines and CSV always, TensorBoard or MLflow when configured.
 
 Every writer takes the loop's flat records (`{"event": "train", "split": "train", "step": 50, "loss": ...}`)
-through one interface: `write(record)`, `close()`, and use as a context manager.
-`open_writers` builds the set a run's `logger` config asks for and hands back one writer that feeds them all.
+through one interface: `write(record)`, `finish(files, checkpoint)` once the run has completed and written
+its results, `close()`, and use as a context manager. `open_writers` builds the set a run's `logger` config
+asks for and hands back one writer that feeds them all. The MLflow writer lives in tracking.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class Writer(Protocol):
 
     def write(self, record: dict[str, Any]) -> None: ...
 
+    def finish(self, files: Sequence[Path], checkpoint: Path | None) -> None:
+        """The run completed: its result files (run card, summary, ...) and best checkpoint are written."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -51,6 +56,9 @@ class JsonlWriter:
         line = json.dumps(jsonable(record), allow_nan=False)
         self._file.write(line + "\n")
         self._file.flush()  # the OS keeps the line if the process dies; no fsync per step
+
+    def finish(self, files: Sequence[Path], checkpoint: Path | None) -> None:
+        """Nothing to add: the records are the file."""
 
     def close(self) -> None:
         """Close the file; closing twice is harmless."""
@@ -92,6 +100,9 @@ class NullWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         """Drop the record."""
+
+    def finish(self, files: Sequence[Path], checkpoint: Path | None) -> None:
+        """Nothing to do."""
 
     def close(self) -> None:
         """Nothing to close."""
@@ -152,6 +163,9 @@ class CsvWriter:
         """A writer of rows with the current columns; a key a row lacks is an empty cell."""
         return csv.DictWriter(f, self.columns, lineterminator="\n")
 
+    def finish(self, files: Sequence[Path], checkpoint: Path | None) -> None:
+        """Nothing to add: the rows are the file."""
+
     def close(self) -> None:
         """Close the file; closing twice is harmless."""
         if self._file is not None:
@@ -205,14 +219,12 @@ class TensorBoardWriter:
         if self._writer is None:
             raise ValueError(f"TensorBoardWriter for {self.log_dir} is closed")
         step = int(record.get("step") or 0)
-        for key, value in record.items():
-            if key in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if key == "lr" and record.get("event") != "train":
-                continue  # evaluations repeat the rate of the step they follow
-            if math.isfinite(value):
-                self._writer.add_scalar(_tag(record, key), value, global_step=step)
+        for tag, value in scalars(record):
+            self._writer.add_scalar(tag, value, global_step=step)
         self._writer.flush()  # a few records per epoch: cheap, and the curves show up while training
+
+    def finish(self, files: Sequence[Path], checkpoint: Path | None) -> None:
+        """Nothing to add: event files hold scalars only."""
 
     def close(self) -> None:
         """Flush and close the event file; closing twice is harmless."""
@@ -221,8 +233,23 @@ class TensorBoardWriter:
             self._writer = None
 
 
+def scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
+    """The finite numeric values of a record, each with its name as TensorBoard and MLflow show it:
+    `train/<key>`, `<split>/<key>` for evaluations (`validation/accuracy`), `final/<split>/<key>` for the best
+    checkpoint's final metrics; the key is the record's (metrics.jsonl's) own."""
+    out = []
+    for key, value in record.items():
+        if key in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if key == "lr" and record.get("event") != "train":
+            continue  # evaluations repeat the rate of the step they follow
+        if math.isfinite(value):
+            out.append((_tag(record, key), float(value)))
+    return out
+
+
 def _tag(record: dict[str, Any], key: str) -> str:
-    """The TensorBoard tag of one value of a record."""
+    """The TensorBoard tag (MLflow metric name) of one value of a record."""
     event, split = record.get("event", ""), record.get("split", "")
     if event == "final":
         return f"final/{split}/{key}"
@@ -239,6 +266,11 @@ class MultiWriter:
         """Write the record to every writer."""
         for w in self.writers:
             w.write(record)
+
+    def finish(self, files: Sequence[Path], checkpoint: Path | None) -> None:
+        """Tell every writer the run completed."""
+        for w in self.writers:
+            w.finish(files, checkpoint)
 
     def close(self) -> None:
         """Close every writer; the first error is raised after all were tried."""
@@ -259,10 +291,18 @@ class MultiWriter:
         self.close()
 
 
+def _mlflow(logger: Any, run_dir: Path, config: DictConfig | None, history: list[dict[str, Any]]) -> Writer:
+    """The MLflow writer (tracking.py; mlflow itself is imported only now)."""
+    from transformer_cli.tracking import MlflowWriter
+
+    return MlflowWriter(logger, run_dir, config, history, scalars)
+
+
 # Optional backends by name: (logger config, run directory, run config, records already logged) -> writer.
 BACKENDS: dict[str, Callable[[Any, Path, DictConfig | None, list[dict[str, Any]]], Writer]] = {
     "tensorboard": lambda logger, run_dir, config, history: TensorBoardWriter(
         run_dir / logger.tensorboard_dir, config, purge_step=_next_step(history)),
+    "mlflow": _mlflow,
 }
 
 

@@ -65,10 +65,12 @@ def test_files_logger_writes_jsonl_and_csv_that_agree(tmp_path: Path, compose_tr
 
 
 def test_every_logger_option_composes(compose_train: Callable) -> None:
-    """Each conf/logger YAML composes against the schema; tensorboard names its backend."""
+    """Each conf/logger YAML composes against the schema; tensorboard and mlflow name their backends."""
     names = sorted(p.stem for p in (conf_dir() / "logger").glob("*.yaml"))
-    assert names == ["files", "tensorboard"]
+    assert names == ["files", "mlflow", "tensorboard"]
     assert list(compose_train(["logger=tensorboard"]).logger.backends) == ["tensorboard"]
+    mlflow = compose_train(["logger=mlflow"]).logger
+    assert list(mlflow.backends) == ["mlflow"] and mlflow.tracking_uri is None and mlflow.required is False
     assert list(compose_train([]).logger.backends) == []
 
 
