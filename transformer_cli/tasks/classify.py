@@ -29,6 +29,8 @@ from transformer_cli.tasks.protocol import Readout
 
 # Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
 METRICS = {"loss": "min", "accuracy": "max", "macro_f1": "max", "mcc": "max"}
+# What task.json keeps (see state()), with its types: a checkpoint whose task.json differs is refused.
+STATE = {"labels": list[str]}
 
 
 @dataclass
