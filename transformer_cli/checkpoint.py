@@ -143,6 +143,15 @@ def _swap_in(tmp: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link to `source` at `target`, or a copy where links are impossible (another file system)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+        fsync(target)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint directory or a run directory (its checkpoints/best)."""
     p = Path(path).expanduser()
@@ -390,13 +399,13 @@ class CheckpointDir:
         target = self.step_dir(step)
         if not (target / "manifest.json").is_file():
             write(target)
-        self._point("last", target)
+        self.point("last", target)
         if best:
-            self._point("best", target)
+            self.point("best", target)
         self.prune()
         return target
 
-    def _point(self, name: str, target: Path) -> None:
+    def point(self, name: str, target: Path) -> None:
         """Atomically make `name` a relative symlink to `target` (rename over the old link)."""
         tmp = self.root / f".{name}.tmp-{os.getpid()}"
         if tmp.is_symlink() or tmp.exists():
@@ -404,6 +413,41 @@ class CheckpointDir:
         os.symlink(target.name, tmp)
         os.replace(tmp, self.root / name)
         fsync_dir(self.root)
+
+    def adopt(self, source: Path, step: int) -> Path:
+        """Bring a complete checkpoint of another run in as this run's step `step`: hard links where the file
+        system allows (checkpoint files are never modified in place), copies otherwise."""
+        target = self.step_dir(step)
+        if (target / "manifest.json").is_file():
+            return target
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=self.root))
+        try:
+            for f in sorted(source.resolve().iterdir()):
+                if f.is_file() and not f.is_symlink():
+                    _link_or_copy(f, tmp / f.name)
+            fsync_dir(tmp)
+            _swap_in(tmp, target)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise TformerError(f"could not bring checkpoint {source} into {self.root}: {err.strerror or err}",
+                               hint=f"free space on the disk holding {self.root}, or resume in the original run "
+                                    "directory") from err
+        return target
+
+    def remove_debris(self) -> list[str]:
+        """Delete what an interrupted write or prune left behind (temporary, moved-aside and trash directories,
+        half-made links); only call it while holding the run directory's lock."""
+        if not self.root.is_dir():
+            return []
+        debris = [p for p in self.root.iterdir()
+                  if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name or p.name.startswith(".trash-"))]
+        for p in debris:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        return sorted(p.name for p in debris)
 
     def steps(self) -> list[Path]:
         """Step directories, oldest first."""
