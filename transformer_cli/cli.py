@@ -16,6 +16,7 @@ from rich.console import Console
 
 from transformer_cli import sweep
 from transformer_cli.catalog import use_config_dirs
+from transformer_cli.code_guard import check_command_line
 from transformer_cli.completion import SHELL_COMPLETION_FLAGS, complete
 from transformer_cli.config import conf_dir
 from transformer_cli.errors import Preempted, TformerError
@@ -189,8 +190,12 @@ def _prepare(command: str, rest: list[str]) -> list[str]:
 
 
 def run_app(command: str, rest: list[str]) -> None:
-    """Run a command's Hydra app on the rest of the command line, searching --config-dir first."""
+    """Run a command's Hydra app on the rest of the command line, searching --config-dir first.
+
+    The config is composed and checked first: Hydra configures logging and instantiates callbacks, launcher
+    and sweeper from it before the command's own code runs (transformer_cli/code_guard.py)."""
     rest = _guard(lambda: use_config_dirs(rest))
+    _guard(lambda: check_command_line(command, rest))
     app = hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")(COMMANDS[command])
     sys.argv = ["tformer", *rest]  # Hydra names the program after argv[0] in --help and shell completion
     app()
