@@ -12,13 +12,13 @@ from typing import Any, Callable
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from rich.console import Console
 
 from transformer_cli import sweep
 from transformer_cli.catalog import use_config_dirs
 from transformer_cli.code_guard import check_command_line
 from transformer_cli.completion import SHELL_COMPLETION_FLAGS, complete
 from transformer_cli.config import conf_dir
+from transformer_cli.console import plain_console, styled
 from transformer_cli.errors import Preempted, TformerError
 from transformer_cli.launch import launch_distributed, torchrun_rank, torchrun_world
 from transformer_cli.overrides import precheck_overrides, refuse_code_paths
@@ -135,20 +135,20 @@ def _guard(job: Callable[[], Any], sweep_cfg: DictConfig | None = None) -> Any:
                "from its checkpoint" if sweep.in_multirun() else
                "resume with the same command plus resume=auto and the same hydra.run.dir (or resume=<run dir>)")
         if torchrun_rank() == 0:  # under torchrun every rank stops at the same step; one message
-            Console(stderr=True, highlight=False).print(f"[yellow]{stop}[/]: checkpoint {stop.checkpoint}\n{how}")
+            plain_console(stderr=True).print(styled((str(stop), "yellow"), f": checkpoint {stop.checkpoint}\n{how}"))
         raise SystemExit(EXIT_PREEMPTED) from None
     except KeyboardInterrupt:
-        Console(stderr=True).print("[yellow]interrupted[/]")
+        plain_console(stderr=True).print(styled(("interrupted", "yellow")))
         raise SystemExit(130) from None
 
 
 def report_error(err: TformerError) -> None:
-    """Print an error and its hint to stderr."""
-    console = Console(stderr=True, highlight=False)
+    """Print an error and its hint to stderr, as written (a path or label may hold `[...]` or `:x:`)."""
+    console = plain_console(stderr=True)
     rank = f"(rank {torchrun_rank()}) " if torchrun_world() > 1 else ""
-    console.print(f"[bold red]error:[/] {rank}{err.message}", markup=True, soft_wrap=True)
+    console.print(styled(("error:", "bold red"), f" {rank}{err.message}"), soft_wrap=True)
     if err.hint:
-        console.print(f"[bold]hint:[/] {err.hint}", soft_wrap=True)
+        console.print(styled(("hint:", "bold"), f" {err.hint}"), soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
