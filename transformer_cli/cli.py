@@ -12,6 +12,7 @@ from typing import Any, Callable
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from transformer_cli import sweep
 from transformer_cli.catalog import use_config_dirs
@@ -21,7 +22,7 @@ from transformer_cli.config import conf_dir
 from transformer_cli.console import plain_console, styled
 from transformer_cli.errors import Preempted, TformerError
 from transformer_cli.launch import launch_distributed, torchrun_rank, torchrun_world
-from transformer_cli.overrides import precheck_overrides, refuse_code_paths
+from transformer_cli.overrides import precheck_overrides, refuse_code_paths, require_values
 
 USAGE = """usage: tformer <command> [hydra overrides] [hydra flags]
 
@@ -137,6 +138,12 @@ def _guard(job: Callable[[], Any], sweep_cfg: DictConfig | None = None) -> Any:
         if torchrun_rank() == 0:  # under torchrun every rank stops at the same step; one message
             plain_console(stderr=True).print(styled((str(stop), "yellow"), f": checkpoint {stop.checkpoint}\n{how}"))
         raise SystemExit(EXIT_PREEMPTED) from None
+    except MissingMandatoryValue as err:  # a required value read inside the job, e.g. a group's `???`
+        if os.environ.get("TFORMER_TRACEBACK"):
+            raise
+        report_error(TformerError(f"{err.full_key}= is required",
+                                  hint=f"give it on the command line: {err.full_key}=..."))
+        raise SystemExit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
         plain_console(stderr=True).print(styled(("interrupted", "yellow")))
         raise SystemExit(130) from None
@@ -195,10 +202,20 @@ def run_app(command: str, rest: list[str]) -> None:
     The config is composed and checked first: Hydra configures logging and instantiates callbacks, launcher
     and sweeper from it before the command's own code runs (transformer_cli/code_guard.py)."""
     rest = _guard(lambda: use_config_dirs(rest))
-    _guard(lambda: check_command_line(command, rest))
+    cfg = _guard(lambda: check_command_line(command, rest))
+    if cfg is not None:
+        _guard(lambda: require_values(cfg, usage_line(command)))
     app = hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")(COMMANDS[command])
     sys.argv = ["tformer", *rest]  # Hydra names the program after argv[0] in --help and shell completion
     app()
+
+
+def usage_line(command: str) -> str:
+    """The command's example line from USAGE, e.g. `tformer eval ckpt=outputs/train/<date>/<time>`."""
+    for line in USAGE.splitlines():
+        if f"tformer {command} " in line:
+            return line[line.index(f"tformer {command} "):].strip()
+    return f"tformer {command} [overrides]"
 
 
 def _complete_app(command: str, rest: list[str]) -> None:

@@ -28,17 +28,20 @@ HINT = ("remove it: components are chosen by name (loss=focal, launcher=joblib, 
         "hydra/job_logging=disabled)")
 
 
-def check_command_line(command: str, args: list[str]) -> None:
-    """Refuse a Hydra command line (with the user's config directories in place) whose config names code."""
+def check_command_line(command: str, args: list[str]) -> DictConfig | None:
+    """Refuse a Hydra command line (with the user's config directories in place) whose config names code.
+
+    Returns the composed config when the line runs one job (None for a sweep, --cfg, --help, --info, or a line
+    Hydra will reject itself), for the caller's own checks."""
     from hydra._internal.utils import get_args_parser
     from hydra.types import RunMode
 
     try:
         parsed = get_args_parser().parse_args(args)
     except SystemExit:
-        return  # Hydra rejects the same line itself, before composing anything
+        return None  # Hydra rejects the same line itself, before composing anything
     if parsed.shell_completion:
-        return
+        return None
     if parsed.experimental_rerun is not None:
         raise TformerError("--experimental-rerun loads a pickle, which can run code; tformer refuses it",
                            hint="rerun with the same overrides (the run's .hydra/overrides.yaml)")
@@ -50,10 +53,13 @@ def check_command_line(command: str, args: list[str]) -> None:
     with _composer() as hydra:
         cfg = _compose(hydra, name, parsed.overrides)
         if cfg is None:
-            return  # a composition error: Hydra reports it itself before acting on any node
+            return None  # a composition error: Hydra reports it itself before acting on any node
         _check(cfg, "the config")
         if parsed.multirun or OmegaConf.select(cfg, "hydra.mode", default=None) == RunMode.MULTIRUN:
             _check_sweep(hydra, name, parsed.overrides, cfg)
+            return None
+    shows = parsed.cfg or parsed.help or parsed.hydra_help or parsed.info
+    return None if shows else cfg
 
 
 # ----------------------------------------------------------------------------- composing as the app does
@@ -170,14 +176,14 @@ _SHIPPED: dict[tuple[tuple[str, str], ...], frozenset[tuple[str, Any]]] = {}
 
 def _shipped(cfg: DictConfig) -> frozenset[tuple[str, Any]]:
     """What the shipped configs name at each place, for the same choices of Hydra's own groups as `cfg`."""
-    choices = tuple(sorted((str(g), str(o)) for g, o in OmegaConf.select(cfg, "hydra.runtime.choices",
-                                                                             default={}).items()
-                           if str(g).startswith("hydra/") and o is not None))
+    name = str(OmegaConf.select(cfg, "hydra.job.config_name", default="train"))
+    choices = ((".", name), *sorted((str(g), str(o)) for g, o in OmegaConf.select(cfg, "hydra.runtime.choices",
+                                                                                  default={}).items()
+                                    if str(g).startswith("hydra/") and o is not None))
     if choices not in _SHIPPED:
-        name = str(OmegaConf.select(cfg, "hydra.job.config_name", default="train"))
         with _composer(shipped_only=True) as hydra:
             loader = hydra.config_loader
-            chosen = [f"{g}={o}" for g, o in choices if o in loader.get_group_options(g)]
+            chosen = [f"{g}={o}" for g, o in choices[1:] if o in loader.get_group_options(g)]
             reference = _compose(hydra, name, chosen) or _compose(hydra, name, []) or OmegaConf.create()
         plain = OmegaConf.to_container(reference, resolve=False)
         _SHIPPED[choices] = frozenset((p, _frozen(v)) for p, v in occurrences(plain))
