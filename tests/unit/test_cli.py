@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from transformer_cli import cli
@@ -31,7 +32,8 @@ def test_a_missing_value_read_inside_a_job_is_named(capsys: pytest.CaptureFixtur
     assert "error: data.train= is required" in capsys.readouterr().err
 
 
-def test_showing_the_config_needs_no_ckpt(capsys: pytest.CaptureFixture) -> None:
+def test_showing_the_config_needs_no_ckpt(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """`tformer eval --cfg job` still prints the config, with ckpt: ??? in it."""
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored after the test: Hydra's runtime is left unset
     cli.main(["eval", "--cfg", "job"])
     assert "ckpt: ???" in capsys.readouterr().out
