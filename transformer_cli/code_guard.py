@@ -46,7 +46,8 @@ def check_command_line(command: str, args: list[str]) -> DictConfig | None:
         raise TformerError("--experimental-rerun loads a pickle, which can run code; tformer refuses it",
                            hint="rerun with the same overrides (the run's .hydra/overrides.yaml)")
     if parsed.config_path is not None:
-        raise TformerError(f"--config-path {parsed.config_path}: tformer's configs come from its package",
+        raise TformerError(f"--config-path {parsed.config_path}: tformer reads configs from its package and "
+                           "--config-dir only (a pkg:// path imports a package, which can run code)",
                            hint="add your own with --config-dir DIR")
     name = parsed.config_name or command
     _refuse_package_searchpath(name, parsed.overrides)
