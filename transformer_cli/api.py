@@ -130,6 +130,7 @@ def train(overrides: Sequence[str] = ()) -> dict[str, Any]:
     handlers, level = list(root.handlers), root.level
     try:
         rest = use_config_dirs(cli.prepare("train", args))
+        cli.check_command("train", rest)  # as run_app: the composed config names no code, required values set
         cli.run_hydra("train", rest, job)
     except SystemExit as stop:  # Hydra reports a config it cannot compose itself, then exits
         raise TformerError(f"tformer train stopped with exit status {stop.code} (its message is above)") from None

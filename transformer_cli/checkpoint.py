@@ -11,6 +11,12 @@ A checkpoint is a directory:
     manifest.json       sha256 and size of every file above; written last, so its presence means complete
 It is written to a temporary sibling directory, fsynced, then renamed into place.
 
+Reading one is safe against a forged checkpoint, not only a damaged one (the manifest detects damage, but a
+forger can recompute it): only regular files are read (no symbolic links), every YAML/JSON file has a size
+cap, YAML anchors and aliases are refused, meta.json and trainer_state.json are checked against typed
+schemas, and the weights are only read through safetensors (memory bounded by the file's size). restore.py
+compares the model the stored config describes with the stored tensors before it allocates that model.
+
 A run keeps its checkpoints as checkpoints/step-NNNNNNN/ directories; `best` and `last` are symlinks to
 them, each replaced atomically (CheckpointDir). Killing the process at any moment leaves every pointer
 on a complete checkpoint.
@@ -21,12 +27,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -36,13 +44,29 @@ from torch import nn
 from transformer_cli.version import __version__
 from transformer_cli.data.tokenize import load_tokenizer, save_tokenizer
 from transformer_cli.errors import TformerError
-from transformer_cli.files import dumps, fsync, fsync_dir, read_json, sha256_file, umask
+from transformer_cli.files import dumps, fsync, fsync_dir, sha256_file, umask
+from transformer_cli.typecheck import mismatches
 
 FORMAT = "tformer-checkpoint"
 VERSION = 1
 FILES = ("model.safetensors", "config.yaml", "tokenizer.json", "task.json", "meta.json")
 TRAINER_FILES = ("trainer_state.safetensors", "trainer_state.json")
 TENSOR_TAG = "__tensor__"  # marks where a tensor of trainer_state.safetensors belongs in trainer_state.json
+MB = 1 << 20
+# The largest text file of each kind a checkpoint may hold: far above any real one, and small enough that
+# parsing it stays within a few hundred MB (a 250k-piece tokenizer.json is about 20 MB).
+SIZE_LIMITS = {"manifest.json": 1 * MB, "config.yaml": 1 * MB, "meta.json": 1 * MB, "task.json": 32 * MB,
+               "trainer_state.json": 32 * MB, "tokenizer.json": 64 * MB}
+# meta.json: the keys tformer writes, with their types (format, version and step are required).
+META_SCHEMA: dict[str, Any] = {"format": str, "version": int, "step": int, "epoch": int, "monitor": str | None,
+                               "metrics": dict[str, float | None] | None, "tformer": str, "torch": str}
+META_REQUIRED = ("format", "version", "step")
+# trainer_state.json once its tensors are put back (see Fitter.capture).
+FIT_SCHEMA: dict[str, Any] = {"step": int, "epoch": int, "windows_done": int, "best_value": float | None,
+                              "best_step": int | None, "evals_without_improvement": int,
+                              "evaluated_at": int | None, "skipped_steps": int}
+TRAINER_SCHEMA: dict[str, Any] = {"optimizer": dict[str, Any], "scheduler": dict[str, Any], "scaler": dict[str, Any],
+                                  "rng": dict[str, Any], "fit": FIT_SCHEMA, "meter": dict[str, Any]}
 
 
 @dataclass
@@ -73,10 +97,12 @@ def save_checkpoint(path: Path, model: nn.Module, config: DictConfig, tokenizer:
     try:
         _write_files(tmp, weights, config, tokenizer, task_state, meta, trainer_state)
         _swap_in(tmp, path)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
-        raise TformerError(f"could not write checkpoint {path}: {err.strerror or err}",
-                           hint="free disk space or fix permissions; the previous checkpoint is untouched") from err
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise TformerError(f"could not write checkpoint {path}: {reason}",
+                           hint=f"free space on the disk holding {path.parent} (or fix its permissions), then resume "
+                                "with resume=auto; the previous checkpoint is untouched") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -117,6 +143,15 @@ def _swap_in(tmp: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link to `source` at `target`, or a copy where links are impossible (another file system)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+        fsync(target)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint directory or a run directory (its checkpoints/best)."""
     p = Path(path).expanduser()
@@ -142,20 +177,65 @@ def load_checkpoint(path: str | Path, trainer_state: bool = False) -> Checkpoint
     if meta.get("version") != VERSION:
         raise TformerError(f"{p} has checkpoint format version {meta.get('version')} ({p / 'meta.json'}); "
                            f"this tformer reads {VERSION}")
+    _check_schema(p, "meta.json", meta, META_SCHEMA, META_REQUIRED)
+    config = _read_yaml(p, "config.yaml")
+    task_state = _read_json(p / "task.json", p, "task.json")
+    state = _load_trainer_state(p, manifest) if trainer_state else None
     try:
         weights = load_file(str(p / "model.safetensors"))
     except (SafetensorError, OSError) as err:
         raise TformerError(f"cannot read weights {p / 'model.safetensors'}: {err}") from err
-    try:
-        config = OmegaConf.load(p / "config.yaml")
-    except Exception as err:
-        raise TformerError(f"cannot read {p / 'config.yaml'}: {err}") from err
-    if not isinstance(config, DictConfig):
-        raise TformerError(f"{p / 'config.yaml'} does not hold a mapping")
-    state = _load_trainer_state(p, manifest) if trainer_state else None
     own = OmegaConf.select(config, "data.tokenizer.kind", default=None) != "pretrained"  # else the model's own
+    _read_text(p, "tokenizer.json", check_only=True)
     return Checkpoint(path=p, weights=weights, config=config, tokenizer=load_tokenizer(p / "tokenizer.json", own),
-                      task_state=_read_json(p / "task.json", p, "task.json"), meta=meta, trainer_state=state)
+                      task_state=task_state, meta=meta, trainer_state=state)
+
+
+def corrupt(p: Path, what: str) -> TformerError:
+    """The error for a checkpoint that a damaged or forged file makes unusable."""
+    return TformerError(f"checkpoint {p} is corrupt or not a tformer checkpoint: {what}",
+                        hint="use another checkpoint (e.g. the run's checkpoints/last), or one written by tformer train")
+
+
+def _check_schema(p: Path, name: str, data: dict[str, Any], schema: dict[str, Any],
+                  required: tuple[str, ...] = ()) -> None:
+    """Refuse a JSON file whose keys or value types are not what tformer writes."""
+    problems = [f"{key}: missing" for key in required if key not in data] + mismatches(data, schema)
+    if problems:
+        raise corrupt(p, f"{name} does not have the expected content ({'; '.join(problems[:5])})")
+
+
+def _read_yaml(p: Path, name: str) -> DictConfig:
+    """A checkpoint's YAML file as a config: plain mappings, lists and scalars only (no anchors or aliases)."""
+    text = _read_text(p, name)
+    try:
+        for token in yaml.scan(text):  # the token stream: cheap, and it expands nothing
+            if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
+                raise corrupt(p, f"{name} uses YAML anchors or aliases (&, *), which tformer never writes")
+        config = OmegaConf.create(text)  # omegaconf's YAML loader (plain YAML, its number rules)
+    except TformerError:
+        raise
+    except Exception as err:  # yaml.YAMLError, RecursionError for deep nesting, omegaconf's errors
+        raise TformerError(f"cannot read {p / name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}; "
+                           "the checkpoint is corrupt") from err
+    if not isinstance(config, DictConfig):
+        raise TformerError(f"{p / name} does not hold a mapping")
+    return config
+
+
+def _read_text(p: Path, name: str, check_only: bool = False) -> str:
+    """A text file of a checkpoint, refused when it is larger than tformer would ever write (`check_only`: the
+    size check alone, for a file another library reads)."""
+    f = p / name
+    limit = SIZE_LIMITS.get(name, 1 * MB)
+    if f.stat().st_size > limit:
+        raise corrupt(p, f"{name} is {f.stat().st_size:,} bytes, over the {limit:,} a tformer checkpoint allows")
+    if check_only:
+        return ""
+    try:
+        return f.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise corrupt(p, f"{name} is not UTF-8 text ({err})") from err
 
 
 def _load_trainer_state(p: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -163,11 +243,18 @@ def _load_trainer_state(p: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     if not all(name in manifest for name in TRAINER_FILES):
         raise TformerError(f"checkpoint {p} holds weights only, no training state to resume from",
                            hint="resume from checkpoints/last or a checkpoints/step-* directory of the run")
+    tree = _read_json(p / "trainer_state.json", p, "trainer_state.json")
     try:
         tensors = load_file(str(p / "trainer_state.safetensors"))
     except (SafetensorError, OSError) as err:
         raise TformerError(f"cannot read {p / 'trainer_state.safetensors'}: {err}") from err
-    return unflatten_state(_read_json(p / "trainer_state.json", p, "trainer_state.json"), tensors)
+    try:
+        state = unflatten_state(tree, tensors)
+    except (KeyError, TypeError) as err:
+        raise corrupt(p, f"trainer_state.json names a tensor that trainer_state.safetensors lacks ({err})") from err
+    _check_schema(p, "trainer_state.json", state, TRAINER_SCHEMA, tuple(TRAINER_SCHEMA))
+    _check_schema(p, "trainer_state.json", state["fit"], FIT_SCHEMA, tuple(FIT_SCHEMA))
+    return state
 
 
 def flatten_state(tree: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
@@ -196,7 +283,7 @@ def unflatten_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """The inverse of flatten_state (tuples come back as lists)."""
     if isinstance(tree, dict):
         if set(tree) == {TENSOR_TAG}:
-            return tensors[tree[TENSOR_TAG]]
+            return tensors[str(tree[TENSOR_TAG])]
         return {k: unflatten_state(v, tensors) for k, v in tree.items()}
     if isinstance(tree, list):
         return [unflatten_state(v, tensors) for v in tree]
@@ -206,10 +293,8 @@ def unflatten_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
     """Copy weights into `model`, naming every missing, unexpected or mis-shaped tensor on failure."""
     expected = unique_state(model)
-    problems = [f"missing tensor {k} {tuple(v.shape)}" for k, v in expected.items() if k not in weights]
-    problems += [f"unexpected tensor {k} {tuple(v.shape)}" for k, v in weights.items() if k not in expected]
-    problems += [f"{k}: checkpoint has {tuple(weights[k].shape)}, model needs {tuple(v.shape)}"
-                 for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    problems = weight_problems({k: tuple(v.shape) for k, v in expected.items()},
+                               {k: tuple(v.shape) for k, v in weights.items()})
     if problems:
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise TformerError(f"the weights in {source} do not fit the model built from its config:\n  {shown}",
@@ -217,6 +302,15 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: Pat
     missing, _ = model.load_state_dict(weights, strict=False)
     if set(missing) - set(model.state_dict()).difference(expected):  # only tied aliases may be absent
         raise TformerError(f"the weights in {source} lack {sorted(set(missing) - set(expected))[:5]}")
+
+
+def weight_problems(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> list[str]:
+    """Every tensor missing from `found`, unexpected in it, or of another shape than `expected` says."""
+    problems = [f"missing tensor {k} {v}" for k, v in expected.items() if k not in found]
+    problems += [f"unexpected tensor {k} {v}" for k, v in found.items() if k not in expected]
+    problems += [f"{k}: checkpoint has {found[k]}, model needs {v}"
+                 for k, v in expected.items() if k in found and found[k] != v]
+    return problems
 
 
 def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -242,8 +336,7 @@ def _verify(p: Path, manifest: dict[str, Any]) -> None:
         if not isinstance(entry, dict) or not {"size", "sha256"} <= entry.keys():
             raise TformerError(f"{p}/manifest.json has a malformed entry for {name}: {entry!r}; "
                                "the checkpoint is corrupt")
-        if not f.is_file():
-            raise TformerError(f"checkpoint {p} is incomplete: {name} is missing")
+        _regular(p, name)
         actual = _describe(f)
         if actual != entry:
             raise TformerError(
@@ -253,20 +346,33 @@ def _verify(p: Path, manifest: dict[str, Any]) -> None:
             )
 
 
+def _regular(p: Path, name: str) -> None:
+    """Refuse a checkpoint file that is missing, a symbolic link, or not a plain file (a FIFO, a device...)."""
+    try:
+        mode = os.lstat(p / name).st_mode
+    except FileNotFoundError:
+        raise TformerError(f"checkpoint {p} is incomplete: {name} is missing") from None
+    if stat.S_ISLNK(mode):
+        raise corrupt(p, f"{name} is a symbolic link; tformer writes plain files and never follows links in one")
+    if not stat.S_ISREG(mode):
+        raise corrupt(p, f"{name} is not a regular file")
+
+
 def _describe(f: Path) -> dict[str, Any]:
     """A file's size and sha256."""
     return {"size": f.stat().st_size, "sha256": sha256_file(f)}
 
 
 def _read_json(f: Path, ckpt: Path, name: str) -> dict[str, Any]:
-    """Read a JSON object from a checkpoint, with a clear error when absent or malformed."""
-    if not f.is_file():
+    """Read a JSON object from a checkpoint, with a clear error when absent, too large or malformed."""
+    if not os.path.lexists(f):
         raise TformerError(f"{ckpt} is not a tformer checkpoint: {name} is missing",
                            hint="pass a directory written by tformer train (e.g. <run dir>/checkpoints/best)")
+    _regular(ckpt, name)
     try:
-        data = read_json(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise TformerError(f"{f} is not valid JSON ({err}); the checkpoint is corrupt") from err
+        data = json.loads(_read_text(ckpt, name))
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise TformerError(f"{f} is not valid JSON ({str(err)[:200]}); the checkpoint is corrupt") from err
     if not isinstance(data, dict):
         raise TformerError(f"{f} does not hold a JSON object; the checkpoint is corrupt")
     return data
@@ -293,13 +399,13 @@ class CheckpointDir:
         target = self.step_dir(step)
         if not (target / "manifest.json").is_file():
             write(target)
-        self._point("last", target)
+        self.point("last", target)
         if best:
-            self._point("best", target)
+            self.point("best", target)
         self.prune()
         return target
 
-    def _point(self, name: str, target: Path) -> None:
+    def point(self, name: str, target: Path) -> None:
         """Atomically make `name` a relative symlink to `target` (rename over the old link)."""
         tmp = self.root / f".{name}.tmp-{os.getpid()}"
         if tmp.is_symlink() or tmp.exists():
@@ -307,6 +413,41 @@ class CheckpointDir:
         os.symlink(target.name, tmp)
         os.replace(tmp, self.root / name)
         fsync_dir(self.root)
+
+    def adopt(self, source: Path, step: int) -> Path:
+        """Bring a complete checkpoint of another run in as this run's step `step`: hard links where the file
+        system allows (checkpoint files are never modified in place), copies otherwise."""
+        target = self.step_dir(step)
+        if (target / "manifest.json").is_file():
+            return target
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=self.root))
+        try:
+            for f in sorted(source.resolve().iterdir()):
+                if f.is_file() and not f.is_symlink():
+                    _link_or_copy(f, tmp / f.name)
+            fsync_dir(tmp)
+            _swap_in(tmp, target)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise TformerError(f"could not bring checkpoint {source} into {self.root}: {err.strerror or err}",
+                               hint=f"free space on the disk holding {self.root}, or resume in the original run "
+                                    "directory") from err
+        return target
+
+    def remove_debris(self) -> list[str]:
+        """Delete what an interrupted write or prune left behind (temporary, moved-aside and trash directories,
+        half-made links); only call it while holding the run directory's lock."""
+        if not self.root.is_dir():
+            return []
+        debris = [p for p in self.root.iterdir()
+                  if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name or p.name.startswith(".trash-"))]
+        for p in debris:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        return sorted(p.name for p in debris)
 
     def steps(self) -> list[Path]:
         """Step directories, oldest first."""

@@ -12,15 +12,17 @@ from typing import Any, Callable
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from rich.console import Console
+from omegaconf.errors import MissingMandatoryValue
 
 from transformer_cli import sweep
 from transformer_cli.catalog import use_config_dirs
+from transformer_cli.code_guard import check_command_line
 from transformer_cli.completion import SHELL_COMPLETION_FLAGS, complete
 from transformer_cli.config import conf_dir
+from transformer_cli.console import plain_console, styled
 from transformer_cli.errors import Preempted, TformerError
 from transformer_cli.launch import launch_distributed, torchrun_rank, torchrun_world
-from transformer_cli.overrides import precheck_overrides, refuse_code_paths
+from transformer_cli.overrides import precheck_overrides, refuse_code_paths, require_values
 
 USAGE = """usage: tformer <command> [hydra overrides] [hydra flags]
 
@@ -134,20 +136,26 @@ def _guard(job: Callable[[], Any], sweep_cfg: DictConfig | None = None) -> Any:
                "from its checkpoint" if sweep.in_multirun() else
                "resume with the same command plus resume=auto and the same hydra.run.dir (or resume=<run dir>)")
         if torchrun_rank() == 0:  # under torchrun every rank stops at the same step; one message
-            Console(stderr=True, highlight=False).print(f"[yellow]{stop}[/]: checkpoint {stop.checkpoint}\n{how}")
+            plain_console(stderr=True).print(styled((str(stop), "yellow"), f": checkpoint {stop.checkpoint}\n{how}"))
         raise SystemExit(EXIT_PREEMPTED) from None
+    except MissingMandatoryValue as err:  # a required value read inside the job, e.g. a group's `???`
+        if os.environ.get("TFORMER_TRACEBACK"):
+            raise
+        report_error(TformerError(f"{err.full_key}= is required",
+                                  hint=f"give it on the command line: {err.full_key}=..."))
+        raise SystemExit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
-        Console(stderr=True).print("[yellow]interrupted[/]")
+        plain_console(stderr=True).print(styled(("interrupted", "yellow")))
         raise SystemExit(130) from None
 
 
 def report_error(err: TformerError) -> None:
-    """Print an error and its hint to stderr."""
-    console = Console(stderr=True, highlight=False)
+    """Print an error and its hint to stderr, as written (a path or label may hold `[...]` or `:x:`)."""
+    console = plain_console(stderr=True)
     rank = f"(rank {torchrun_rank()}) " if torchrun_world() > 1 else ""
-    console.print(f"[bold red]error:[/] {rank}{err.message}", markup=True, soft_wrap=True)
+    console.print(styled(("error:", "bold red"), f" {rank}{err.message}"), soft_wrap=True)
     if err.hint:
-        console.print(f"[bold]hint:[/] {err.hint}", soft_wrap=True)
+        console.print(styled(("hint:", "bold"), f" {err.hint}"), soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,9 +197,21 @@ def prepare(command: str, rest: list[str]) -> list[str]:
 
 
 def run_app(command: str, rest: list[str]) -> None:
-    """Run a command's Hydra app on the rest of the command line, searching --config-dir first."""
+    """Run a command's Hydra app on the rest of the command line, searching --config-dir first.
+
+    The config is composed and checked first: Hydra configures logging and instantiates callbacks, launcher
+    and sweeper from it before the command's own code runs (transformer_cli/code_guard.py)."""
     rest = _guard(lambda: use_config_dirs(rest))
+    _guard(lambda: check_command(command, rest))
     run_hydra(command, rest, COMMANDS[command])
+
+
+def check_command(command: str, rest: list[str]) -> None:
+    """Compose the command's config and check it (code_guard.py) and its required values, before Hydra runs.
+    The Python API's train checks through here too."""
+    cfg = check_command_line(command, rest)
+    if cfg is not None:
+        require_values(cfg, usage_line(command))
 
 
 def run_hydra(command: str, rest: list[str], task_function: Callable[[DictConfig], Any]) -> None:
@@ -200,6 +220,14 @@ def run_hydra(command: str, rest: list[str], task_function: Callable[[DictConfig
     app = hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")(task_function)
     sys.argv = ["tformer", *rest]  # Hydra names the program after argv[0] in --help and shell completion
     app()
+
+
+def usage_line(command: str) -> str:
+    """The command's example line from USAGE, e.g. `tformer eval ckpt=outputs/train/<date>/<time>`."""
+    for line in USAGE.splitlines():
+        if f"tformer {command} " in line:
+            return line[line.index(f"tformer {command} "):].strip()
+    return f"tformer {command} [overrides]"
 
 
 def _complete_app(command: str, rest: list[str]) -> None:

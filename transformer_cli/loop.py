@@ -192,6 +192,12 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
+def promotable(scalars: dict[str, float], monitor: str) -> bool:
+    """Whether an evaluation may become `best`: its loss and monitored value are finite (a model whose loss is
+    NaN or infinite gives useless predictions, even if a metric such as accuracy still looks finite)."""
+    return all(math.isfinite(float(scalars[k])) for k in {"loss", monitor} if k in scalars)
+
+
 class Fitter:
     """Runs the loop for one model; `on_checkpoint(state, metrics, improved)` saves (metrics None: not an eval).
 
@@ -325,7 +331,7 @@ class Fitter:
             scalars, _ = evaluate(self.model, batches, self.task, self.loss_fn, self.precision)
         scalars = self.dist.broadcast(scalars)
         value = scalars[self.monitor]
-        improved = is_better(value, state.best_value, self.mode)
+        improved = promotable(scalars, self.monitor) and is_better(value, state.best_value, self.mode)
         if improved:
             state.best_value, state.best_step, state.evals_without_improvement = value, state.step, 0
         else:

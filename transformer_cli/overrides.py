@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 
+from omegaconf import DictConfig
+
 from transformer_cli.config import conf_dir
 from transformer_cli.errors import TformerError
 
@@ -14,6 +16,17 @@ def refuse_code_paths(args: list[str]) -> None:
         if any(marker in arg for marker in ("_target_", "_partial_", "_args_")):
             raise TformerError(f"'{arg}': tformer never imports or calls code named on the command line",
                                       hint="choose components by name (e.g. loss=focal, launcher=joblib)")
+
+
+def require_values(cfg: DictConfig, usage: str) -> None:
+    """A top-level value the config leaves `???` (ckpt=) is named before the job starts, with the usage line.
+
+    A group's own required values (data.train under data=local) get their group's message later."""
+    from omegaconf import OmegaConf
+
+    missing = [str(k) for k in cfg if k != "hydra" and OmegaConf.is_missing(cfg, k)]
+    if missing:
+        raise TformerError(f"{missing[0]}= is required", hint=f"usage: {usage}")
 
 
 # Hydra flags that change where configs come from: a precheck against the shipped configs would mislead.

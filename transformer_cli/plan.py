@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from transformer_cli.console import plain_console, styled
 from transformer_cli.data.batching import EncodedSplit, batch_order
 from transformer_cli.device import resolve_device, resolve_precision
 from transformer_cli.loop import steps_per_epoch, total_steps
@@ -219,14 +220,14 @@ def plan_command(cfg: DictConfig) -> Plan:
 
 def print_plan(plan: Plan, cfg: DictConfig, console: Console | None = None) -> None:
     """The checks, the numbers and a preview of the learning-rate schedule."""
-    console = console or Console(highlight=False)
-    console.print(f"[bold]plan[/]: task={plan.task} loss={plan.loss} data={cfg.data.name or cfg.data.train} "
-                  f"on {plan.device} ({plan.precision})")
-    console.print(f"[green]ok[/] loss {plan.loss} fits task {plan.task}; monitor {plan.monitor} "
+    console = console or plain_console()
+    console.print(styled(("plan", "bold"), f": task={plan.task} loss={plan.loss} data={cfg.data.name or cfg.data.train} "
+                  f"on {plan.device} ({plan.precision})"))
+    console.print(styled(("ok", "green"), f" loss {plan.loss} fits task {plan.task}; monitor {plan.monitor} "
                   f"({'higher' if plan.mode == 'max' else 'lower'} is better) is one of its metrics; "
-                  f"data read: " + ", ".join(f"{k} {v:,}" for k, v in plan.examples.items()))
-    console.print(f"[bold]model[/]: {plan.model_line}")
-    console.print(f"[bold]task[/]: {plan.task_line}")
+                  "data read: " + ", ".join(f"{k} {v:,}" for k, v in plan.examples.items())))
+    console.print(styled(("model", "bold"), f": {plan.model_line}"))
+    console.print(styled(("task", "bold"), f": {plan.task_line}"))
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -234,12 +235,12 @@ def print_plan(plan: Plan, cfg: DictConfig, console: Console | None = None) -> N
     for row in _rows(plan, cfg):
         table.add_row(*row)
     console.print(table)
-    console.print(f"[bold]learning rate[/] ({cfg.schedule.name}, peak {max(plan.lr, default=0):.3g}, "
-                  f"warmup {plan.warmup_steps} steps)")
+    console.print(styled(("learning rate", "bold"), f" ({cfg.schedule.name}, peak {max(plan.lr, default=0):.3g}, "
+                  f"warmup {plan.warmup_steps} steps)"))
     for line in lr_chart(plan.lr):
         console.print(line)
     for warning in plan.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(styled(("warning:", "yellow"), f" {warning}"))
 
 
 def _rows(plan: Plan, cfg: DictConfig) -> list[tuple[str, str, str]]:

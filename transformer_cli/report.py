@@ -20,7 +20,9 @@ from typing import Any
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from transformer_cli.console import plain_console, styled
 from transformer_cli.errors import TformerError
 from transformer_cli.files import read_json
 
@@ -203,7 +205,7 @@ def differing_keys(runs: list[RunRecord]) -> list[str]:
 
 def print_report(report: Report, console: Console | None = None) -> None:
     """The runs table, the configurations table with the best highlighted, the verdict and failures."""
-    console = console or Console(highlight=False)
+    console = console or plain_console()
     console.print(_runs_table(report))
     console.print(_configs_table(report))
     failed = [r for r in report.runs if r.status == "failed"]
@@ -212,15 +214,15 @@ def print_report(report: Report, console: Console | None = None) -> None:
         table.add_column("run", overflow="fold")
         table.add_column("why", overflow="fold")
         for run in failed:
-            table.add_row(run.name, run.error)
+            table.add_row(Text(run.name), Text(str(run.error)))
         console.print(table)
-    console.print(verdict(report))
+    console.print(Text(verdict(report)))
 
 
 def _runs_table(report: Report) -> Table:
     """One row per run; the run's directory is shown when the differing overrides do not tell runs apart."""
     m = report.monitor or "the monitored metric"
-    table = Table(title=f"runs in {report.root} ({m} on validation and test)", title_justify="left")
+    table = Table(title=Text(f"runs in {report.root} ({m} on validation and test)"), title_justify="left")
     named = len({tuple(r.overrides.get(k) for k in report.keys) for r in report.runs}) < len(report.runs)
     if named or not report.keys:
         table.add_column("run", overflow="fold", max_width=40)
@@ -230,9 +232,10 @@ def _runs_table(report: Report) -> Table:
         table.add_column(name, justify="right")
     best = report.best
     for run in report.runs:
-        cells = ([run.name] if named or not report.keys else []) + [run.overrides.get(k, "-") for k in report.keys]
+        cells = [Text(str(c)) for c in ([run.name] if named or not report.keys else [])
+                 + [run.overrides.get(k, "-") for k in report.keys]]
         if run.status == "failed":
-            table.add_row(*cells, "[red]failed[/]", "", "", "", "", "")
+            table.add_row(*cells, Text("failed", style="red"), "", "", "", "", "")
             continue
         style = "bold green" if best is not None and run in best.runs else None
         table.add_row(*cells, _num(run.value("best")), str(run.summary.get("best_step", "")),
@@ -256,8 +259,8 @@ def _configs_table(report: Report) -> Table:
     for rank, group in enumerate(report.groups, 1):
         s = group.stats
         failed = len(group.runs) - len(group.completed)
-        runs = f"{len(group.completed)}" + (f" [red](+{failed} failed)[/]" if failed else "")
-        cells = [group.values[k] for k in keys] if keys else [group.label]
+        runs = styled(f"{len(group.completed)}", (f" (+{failed} failed)" if failed else "", "red"))
+        cells = [Text(str(c)) for c in ([group.values[k] for k in keys] if keys else [group.label])]
         star = "★ " if group is report.best else ""
         table.add_row(f"{star}{rank}", *cells, runs, s["best"].text(), s["last"].text(), s["test"].text(),
                       _num(s["steps"].mean, 0), _duration(s["wall"].mean),
@@ -386,7 +389,7 @@ def report_command(args: list[str]) -> int:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     ns = parser.parse_args(args)
     report = build_report(ns.path)
-    console = Console(highlight=False)
+    console = plain_console()
     print_report(report, console)
     out = ns.out or ns.path
     written = write_report(report, out, plots=not ns.no_plots)

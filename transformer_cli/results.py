@@ -6,16 +6,19 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from transformer_cli.console import plain_console
 
 
 def print_results(title: str, results: dict[str, dict[str, Any]], console: Console | None = None) -> None:
     """One row per split, one column per metric (transposed when there are too many metrics to fit)."""
-    console = console or Console()
+    console = console or plain_console()
     names = [k for k in next(iter(results.values()), {}) if k != "count"]
     if len(names) > 6:
         _print_transposed(title, results, names, console)
         return
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     table.add_column("split", style="bold")
     for name in names:
         table.add_column(name, justify="right")
@@ -28,7 +31,7 @@ def print_results(title: str, results: dict[str, dict[str, Any]], console: Conso
 
 def _print_transposed(title: str, results: dict[str, dict[str, Any]], names: list[str], console: Console) -> None:
     """One row per metric, one column per split."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     table.add_column("metric", style="bold")
     for split in results:
         table.add_column(split, justify="right")

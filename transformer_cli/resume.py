@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from transformer_cli.checkpoint import CheckpointDir
 from transformer_cli.distributed import Dist
 from transformer_cli.errors import TformerError
 from transformer_cli.files import write_text_atomic
+from transformer_cli.loop import FitState
 from transformer_cli.pretrained.settings import adopt
 from transformer_cli.restore import Restored, restore
 from transformer_cli.validate import to_plain
@@ -65,6 +67,32 @@ def check_resume_config(cfg: DictConfig, saved: DictConfig, source: Path) -> Non
         shown = "; ".join(f"{k}: checkpoint {then.get(k)!r}, now {now.get(k)!r}" for k in diffs[:8])
         raise TformerError(f"cannot resume from {source}: the config differs ({shown})",
                            hint="resume with the same overrides as the original run (see its .hydra/overrides.yaml)")
+
+
+def carry_over(restored: Restored, ckpts: CheckpointDir, state: FitState, monitor: str) -> None:
+    """Resuming into another run directory: bring in the checkpoint resumed from (as `last`) and the source
+    run's best one (as `best`), so this run is complete on its own and ends like the source would have.
+
+    When the source's best checkpoint is not beside the one resumed from (a checkpoint copied on its own),
+    the resumed checkpoint becomes `best`, with the monitored value it recorded."""
+    source = restored.path.resolve()
+    if source.parent == ckpts.root.resolve():
+        return
+    last = ckpts.adopt(source, state.step)
+    ckpts.point("last", last)
+    if state.best_step is None:
+        return
+    best_source = source.parent / ckpts.step_dir(state.best_step).name
+    if (best_source / "manifest.json").is_file():
+        ckpts.point("best", ckpts.adopt(best_source, state.best_step))
+        return
+    value = (restored.checkpoint.meta.get("metrics") or {}).get(monitor)
+    log.warning("the best checkpoint of the run resumed from (step %d) is not in %s; this run's best starts from "
+                "the checkpoint resumed from (step %d)", state.best_step, source.parent, state.step)
+    finite = isinstance(value, (int, float)) and math.isfinite(value)
+    state.best_value, state.best_step = (float(value), state.step) if finite else (None, None)
+    if finite:
+        ckpts.point("best", last)
 
 
 def continue_metrics(ckpt_path: Path, target: Path, step: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transformer_cli.checkpoint import (
     CheckpointDir,
+    corrupt,
     load_checkpoint,
     load_weights,
     save_checkpoint,
@@ -38,9 +40,10 @@ from transformer_cli.prepare import Prepared, prepare_training_data
 from transformer_cli.pretrained.settings import Start, start_from
 from transformer_cli.restore import Restored, restore, restore_loss
 from transformer_cli.results import print_results
-from transformer_cli.resume import continue_metrics, resume_from
+from transformer_cli.resume import carry_over, continue_metrics, resume_from
 from transformer_cli.rng import seed_everything
 from transformer_cli.run_card import write_run_card
+from transformer_cli.runlock import RunLock
 from transformer_cli.tasks import TASKS, monitor_of
 from transformer_cli.validate import check_train_config
 from transformer_cli.version import __version__
@@ -80,9 +83,12 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             run_dir.mkdir(parents=True, exist_ok=True)
         else:
             logging.getLogger().setLevel(logging.WARNING)  # one log: rank 0's
-        cfg, resumed = resume_from(cfg, run_dir, dist)
-        cfg, begin = start_from(cfg, dist) if resumed is None else (cfg, None)
-        return _train(start_session(cfg, run_dir, dist, device, resumed, begin), start)
+        with RunLock(run_dir) if dist.is_main else contextlib.nullcontext():  # one training per run dir
+            if dist.is_main:
+                CheckpointDir(run_dir / "checkpoints", cfg.trainer.keep_last).remove_debris()
+            cfg, resumed = resume_from(cfg, run_dir, dist)
+            cfg, begin = start_from(cfg, dist) if resumed is None else (cfg, None)
+            return _train(start_session(cfg, run_dir, dist, device, resumed, begin), start)
     finally:
         teardown_distributed()
 
@@ -124,6 +130,11 @@ def _train(s: Session, start: float) -> float:
         train_seconds = time.time() - train_start
         if not s.dist.is_main:  # rank 0 evaluates the best weights and writes the summary
             return _best(state)
+        if state.best_step is None:
+            raise TformerError(f"no validation evaluation of this run gave a finite loss and {s.monitor[0]}, so no "
+                               "checkpoint was promoted to best (the run diverged)",
+                               hint="lower optim.lr or set trainer.grad_clip; trainer.nan_policy=error stops at the "
+                                    f"first non-finite step; the checkpoints in {s.ckpts.root} are kept")
         best = load_checkpoint(s.ckpts.root / "best")
         load_weights(s.model, best.weights, best.path)
         final = final_evaluation(s, writer, state)
@@ -170,7 +181,12 @@ def make_fitter(s: Session, writer: Writer) -> Fitter:
     fitter = Fitter(s.model, s.prep.task, s.loss_fn, s.optimizer, s.scheduler, s.precision, s.cfg.trainer,
                     s.cfg.seed, s.monitor, writer, on_checkpoint, s.dist)
     if s.resumed is not None:
-        fitter.restore(s.resumed.checkpoint.trainer_state)
+        try:
+            fitter.restore(s.resumed.checkpoint.trainer_state)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+            raise corrupt(s.resumed.path, f"its training state does not fit this run ({str(err)[:200]})") from err
+        if s.dist.is_main:
+            carry_over(s.resumed, s.ckpts, fitter.state, s.monitor[0])
         log.info("resumed from %s at step %d (epoch %d)", s.resumed.path, fitter.state.step, fitter.state.epoch)
     return fitter
 

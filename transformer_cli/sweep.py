@@ -31,7 +31,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from transformer_cli.console import plain_console, styled
 from transformer_cli.errors import Preempted, TformerError
 from transformer_cli.files import read_json_object, write_json
 
@@ -166,10 +168,10 @@ def _fail(err: Exception, run_dir: Path, sweep_dir: Path, entry: dict[str, Any],
     if user_error:
         report_error(err)  # type: ignore[arg-type]
     else:
-        Console(stderr=True, highlight=False).print(
-            f"[bold red]job {entry['num']} failed:[/] {reason} (traceback in {run_dir / 'failed.json'})")
+        plain_console(stderr=True).print(styled((f"job {entry['num']} failed:", "bold red"),
+                                                f" {reason} (traceback in {run_dir / 'failed.json'})"))
         if os.environ.get("TFORMER_TRACEBACK"):
-            Console(stderr=True, highlight=False).print(record["traceback"], markup=False)
+            plain_console(stderr=True).print(record["traceback"])
     log.error("job %d failed: %s", entry["num"], reason)
     return None
 
@@ -244,10 +246,10 @@ class SweepCallback(Callback):
 
 def print_outcome(sweep_dir: Path, entries: list[dict[str, Any]], console: Console | None = None) -> None:
     """A one-line count of the sweep's jobs, and a table of the failed ones with their reasons."""
-    console = console or Console(highlight=False)
+    console = console or plain_console()
     counts = {s: sum(e["status"] == s for e in entries) for s in ("completed", "skipped", "failed")}
-    console.print(f"sweep {sweep_dir}: {len(entries)} jobs: {counts['completed']} completed, "
-                  f"{counts['skipped']} skipped (already finished), {counts['failed']} failed")
+    console.print(Text(f"sweep {sweep_dir}: {len(entries)} jobs: {counts['completed']} completed, "
+                  f"{counts['skipped']} skipped (already finished), {counts['failed']} failed"))
     failed = [e for e in entries if e["status"] == "failed"]
     if failed:
         table = Table(title=f"{len(failed)} failed job(s)", title_justify="left", title_style="bold red")
@@ -255,10 +257,10 @@ def print_outcome(sweep_dir: Path, entries: list[dict[str, Any]], console: Conso
             table.add_column(name, overflow="fold")
         for e in failed:
             where = Path(e["dir"]).relative_to(sweep_dir) if Path(e["dir"]).is_relative_to(sweep_dir) else e["dir"]
-            table.add_row(str(e["num"]), str(where), _short(str(e.get("error", "")), 240))
+            table.add_row(str(e["num"]), Text(str(where)), Text(_short(str(e.get("error", "")), 240)))
         console.print(table)
         console.print("rerun the same command to retry only these jobs (finished ones are skipped)")
-    console.print(f"compare the runs: tformer report {sweep_dir}")
+    console.print(Text(f"compare the runs: tformer report {sweep_dir}"))
 
 
 def _short(text: str, limit: int) -> str:

@@ -31,6 +31,7 @@ from transformer_cli.tasks.common import sequence_forward, sequence_model
 from transformer_cli.tasks.protocol import Readout
 
 METRICS = {"loss": "min", "accuracy": "max", "macro_f1": "max", "mcc": "max"}
+STATE = {"seen": int}
 ANSWERS = ["no", "yes"]
 
 
@@ -146,7 +147,8 @@ def test_a_new_task_is_one_file_one_yaml_and_one_table_entry(tmp_path: Path, mon
     monkeypatch.syspath_prepend(str(tmp_path))
     toy = importlib.import_module("yesno_task")
     monkeypatch.setitem(TASKS, "yesno", TaskSpec(toy.YesNoConfig, toy.YesNoTask.fit_state, toy.YesNoTask,
-                                                 ("binary",), "bce", toy.METRICS, "accuracy", "yes/no answers"))
+                                                 ("binary",), "bce", toy.METRICS, "accuracy", "yes/no answers",
+                                                 state=toy.STATE))
     train_csv, test_csv = write_data(tmp_path)
     overrides = ["task=yesno", "model=tiny", f"data.train={train_csv}", f"data.test={test_csv}",
                  "data.tokenizer.vocab_size=100", "data.tokenizer.min_frequency=1", "trainer=debug",

@@ -112,6 +112,9 @@ def _read_file(path: Path, fmt: str, split: str) -> tuple[Any, Where]:
     try:
         table = datasets.load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
     except Exception as err:  # datasets wraps parser errors in many types; all mean "bad file"
+        empty = _no_rows(path, builder)
+        if empty:
+            raise TformerError(f"the {split} file {path} {empty}", hint=f"check data.{split}") from err
         where = _first_bad_line(path, builder)
         raise TformerError(f"could not read {path} as {builder}{where}: {_root_cause(err)}",
                            hint="check that the file is well-formed and in the format its extension says") from err
@@ -127,6 +130,19 @@ def _nonblank_lines(table: Any, path: Path, split: str) -> tuple[Any, Where]:
         raise TformerError(f"the {split} file {path} has no text: every line is blank",
                            hint="a plain text file holds one text per line")
     return table.select(keep), Where(split=split, source=str(path), rows=[i + 1 for i in keep])
+
+
+def _no_rows(path: Path, builder: str) -> str:
+    """'has a header but no rows' (CSV / TSV) or 'has no rows: ...' (JSON Lines) for a file without data."""
+    if builder not in ("csv", "json") or path.suffix.lower() in COMPRESSIONS:
+        return ""
+    with path.open("rb") as fh:
+        lines = [raw for _, raw in zip(range(2), (raw for raw in fh if raw.strip()))]
+    if builder == "csv" and len(lines) == 1:
+        return "has a header but no rows"
+    if not lines:
+        return "has no rows: every line is blank"
+    return ""
 
 
 def _first_bad_line(path: Path, builder: str) -> str:

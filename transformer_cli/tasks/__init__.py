@@ -6,7 +6,7 @@ conf/task/ and one entry here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from tokenizers import Tokenizer
@@ -33,6 +33,7 @@ class TaskSpec:
     summary: str
     reads_labels: bool = True  # False: it learns from the text alone (no label column is read)
     specials: tuple[str, ...] = ()  # special tokens it needs in a vocabulary tformer trains
+    state: dict[str, Any] = field(kw_only=True)  # the keys and types of what it keeps in task.json (its STATE)
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -43,26 +44,26 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     "classify": TaskSpec(
         classify.ClassifyConfig, classify.ClassifyTask.fit_state, classify.ClassifyTask, ("index", "binary"), "ce",
-        classify.METRICS, "accuracy", "single-label classification of a text or a text pair",
+        classify.METRICS, "accuracy", "single-label classification of a text or a text pair", state=classify.STATE,
     ),
     "regress": TaskSpec(
         regress.RegressConfig, regress.RegressTask.fit_state, regress.RegressTask, ("real",), "mse",
-        regress.METRICS, "rmse", "one real-valued target per text or text pair",
+        regress.METRICS, "rmse", "one real-valued target per text or text pair", state=regress.STATE,
     ),
     "multilabel": TaskSpec(
         multilabel.MultiLabelConfig, multilabel.MultiLabelTask.fit_state, multilabel.MultiLabelTask,
         ("multilabel",), "bce", multilabel.METRICS, "micro_f1",
-        "any number of labels per text (per-label binary decisions)",
+        "any number of labels per text (per-label binary decisions)", state=multilabel.STATE,
     ),
     "seq2seq": TaskSpec(
         seq2seq.Seq2SeqConfig, seq2seq.Seq2SeqTask.fit_state, seq2seq.Seq2SeqTask, ("index",), "ce",
         seq2seq.METRICS, "bleu",
-        "text to text with an encoder-decoder (translation, grapheme-to-phoneme), beam search",
+        "text to text with an encoder-decoder (translation, grapheme-to-phoneme), beam search", state=seq2seq.STATE,
     ),
     "mlm": TaskSpec(
         mlm.MLMConfig, mlm.MLMTask.fit_state, mlm.MLMTask, ("index",), "ce", mlm.METRICS, "perplexity",
         "masked-language modelling on unlabelled text (pretraining, or adapting a pretrained encoder)",
-        reads_labels=False, specials=(MASK,),
+        reads_labels=False, specials=(MASK,), state=mlm.STATE,
     ),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -19,6 +20,7 @@ from transformer_cli.tasks.common import (
     check_label_set,
     is_missing,
     label_key,
+    odd_labels,
     sequence_forward,
     sequence_model,
     sorted_labels,
@@ -27,8 +29,12 @@ from transformer_cli.tasks.common import (
 )
 from transformer_cli.tasks.protocol import Readout
 
+log = logging.getLogger(__name__)
+
 # Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
 METRICS = {"loss": "min", "accuracy": "max", "macro_f1": "max", "mcc": "max"}
+# What task.json keeps (see state()), with its types: a checkpoint whose task.json differs is refused.
+STATE = {"labels": list[str]}
 
 
 @dataclass
@@ -57,8 +63,14 @@ class ClassifyTask:
     @staticmethod
     def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str,
                   tokenizer: Tokenizer | None = None) -> dict[str, Any]:
-        """The label set: data.labels if given, else every distinct training label, sorted."""
+        """The label set: data.labels if given, else every distinct training label, sorted (warning of labels
+        that look like mistakes: each becomes a class of its own)."""
         labels = list(fixed) if fixed else sorted_labels({label_key(v) for v in values if not is_missing(v)})
+        odd = {} if fixed else odd_labels(values)
+        if odd:
+            log.warning("training labels that look like mistakes (%s): %s; each is a class of its own. Fix those "
+                        "rows, or list the labels in data.labels=[...] to make any other label an error", source,
+                        "; ".join(f"{name!r} ({why})" for name, why in odd.items()))
         return {"labels": check_label_set(labels, source)}
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -50,6 +51,28 @@ def sorted_labels(keys: set[str]) -> list[str]:
         return sorted(keys, key=int)
     except ValueError:
         return sorted(keys)
+
+
+def odd_labels(values: Sequence[Any]) -> dict[str, str]:
+    """Training labels that look like mistakes, with why: a class of a single example, or an integer outside the
+    contiguous range that holds most examples (a stray -3 in a 0/1 column)."""
+    counts = Counter(label_key(v) for v in values if not is_missing(v))
+    odd = {name: f"{n} example of {sum(counts.values())}" for name, n in counts.items() if n < 2}
+    try:
+        numbers = sorted(int(name) for name in counts)
+    except ValueError:
+        return odd
+    runs: list[list[int]] = []
+    for x in numbers:  # maximal runs of consecutive integers
+        if runs and x == runs[-1][-1] + 1:
+            runs[-1].append(x)
+        else:
+            runs.append([x])
+    main = max(runs, key=lambda run: sum(counts[str(x)] for x in run))
+    for x in numbers:
+        if x not in main:
+            odd[str(x)] = ", ".join(filter(None, [odd.get(str(x)), f"outside {main[0]}..{main[-1]}"]))
+    return odd
 
 
 def check_label_set(labels: list[str], source: str) -> list[str]:

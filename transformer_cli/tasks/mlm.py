@@ -28,6 +28,8 @@ MASK_TOKENS = ("[MASK]", "<mask>")  # tformer's own vocabulary, and BERT's / RoB
 WORD_START = ("▁", "Ġ")  # markers of a word's first piece (SentencePiece-style BPE, byte-level BPE)
 # Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
 METRICS = {"loss": "min", "token_accuracy": "max", "perplexity": "min"}
+# What task.json keeps (see state()), with its types: a checkpoint whose task.json differs is refused.
+STATE = {"tokens": list[str], "mask_id": int, "special_ids": list[int], "word_start": str}
 
 
 @dataclass

@@ -30,6 +30,8 @@ from transformer_cli.tasks.protocol import Readout
 
 # Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
 METRICS = {"loss": "min", "micro_f1": "max", "macro_f1": "max", "subset_accuracy": "max", "hamming_loss": "min"}
+# What task.json keeps (see state()), with its types: a checkpoint whose task.json differs is refused.
+STATE = {"labels": list[str]}
 
 
 @dataclass

@@ -20,6 +20,8 @@ from transformer_cli.tasks.protocol import Readout
 
 # Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
 METRICS = {"loss": "min", "mse": "min", "rmse": "min", "mae": "min", "r2": "max", "pearson": "max", "spearman": "max"}
+# What task.json keeps (see state()), with its types: a checkpoint whose task.json differs is refused.
+STATE = {"mean": float, "std": float}
 
 
 @dataclass

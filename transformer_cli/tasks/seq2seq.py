@@ -31,6 +31,8 @@ METRICS = {"loss": "min", "token_accuracy": "max", "perplexity": "min", "bleu": 
            "wer": "min",  # sources whose output matches none of their references (G2P's word error rate)
            "per": "min",  # edits to the closest reference over its units (G2P's phoneme error rate)
            "wer_single": "min", "per_single": "min"}  # the same, each (source, reference) row on its own
+# What task.json keeps (see state()), with its types: a checkpoint whose task.json differs is refused.
+STATE = {"target_tokenizer": str}
 
 
 @dataclass

@@ -242,13 +242,18 @@ def test_empty_file(tmp_path: Path) -> None:
     assert str(empty) in str(err.value)
 
 
-def test_header_only_file(tmp_path: Path) -> None:
-    """A CSV with a header and no rows is named."""
-    f = tmp_path / "train.csv"
-    f.write_text("text,label\n")
+@pytest.mark.parametrize(("name", "text", "says"), [
+    ("train.csv", "text,label\n", "has a header but no rows"),
+    ("train.tsv", "text\tlabel\n\n", "has a header but no rows"),
+    ("train.jsonl", "\n  \n", "has no rows: every line is blank"),
+])
+def test_file_without_rows(tmp_path: Path, name: str, text: str, says: str) -> None:
+    """A CSV / TSV with a header and no rows, or a JSON Lines file of blank lines, is named as such."""
+    f = tmp_path / name
+    f.write_text(text)
     with pytest.raises(TformerError) as err:
         load_splits(data_cfg(train=str(f)))
-    assert str(f) in str(err.value)
+    assert f"the train file {f} {says}" in str(err.value)
 
 
 def test_unknown_extension(tmp_path: Path) -> None:

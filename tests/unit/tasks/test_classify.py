@@ -66,6 +66,27 @@ def test_single_training_label_is_refused() -> None:
         classify(["a", "a", None])
 
 
+@pytest.mark.parametrize(("values", "odd"), [
+    ([0, 1] * 200 + [-3], "'-3'"),  # a typo in a 0/1 column: a one-example class outside the range
+    (["pos", "neg"] * 200 + ["Pos"], "'Pos'"),  # one example
+    ([1, 2, 3] * 100 + [30, 30], "'30'"),  # out of the contiguous range 1..3
+])
+def test_rare_or_out_of_range_training_labels_warn(values: list[Any], odd: str,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A label with a single example, or an integer outside the contiguous range of the others, is warned of."""
+    with caplog.at_level("WARNING"):
+        classify(values)
+    assert odd in caplog.text and "data.labels" in caplog.text
+
+
+def test_balanced_labels_do_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    """Contiguous integer labels, or names with several examples each, give no warning."""
+    with caplog.at_level("WARNING"):
+        classify([0, 1, 2] * 50)
+        classify(["a", "b"] * 3 + ["c", "c"])
+    assert caplog.text == ""
+
+
 def test_unknown_validation_label_names_label_split_row_and_file() -> None:
     """A validation label never seen in training is named with its split, row and file."""
     task = classify(["neg", "pos"])
