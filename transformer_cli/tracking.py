@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -107,6 +108,8 @@ def probe(uri: str, timeout: float = PROBE_SECONDS) -> str | None:
     except urllib.error.HTTPError:
         return None  # it answered, if not on /health (a proxy, another server): MLflow's own calls will tell
     except urllib.error.URLError as err:
+        if isinstance(err.reason, ssl.SSLError):
+            return None  # it answered; whether its certificate is trusted is MLflow's TLS settings' business
         return str(err.reason)
     except (OSError, ValueError) as err:  # a timeout, a malformed address
         return str(err) or type(err).__name__
@@ -136,7 +139,7 @@ def param_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def metric_key(name: str) -> str:
+def mlflow_key(name: str) -> str:
     """A name MLflow accepts as a param or metric key: other characters become `_`, at most 250 characters."""
     return re.sub(r"[^\w./\- ]", "_", name)[:MAX_KEY]
 
@@ -149,7 +152,7 @@ def fit_params(params: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
         if len(text) > MAX_PARAM_VALUE:
             text = text[: MAX_PARAM_VALUE - len(CUT)] + CUT
             cut.append(key)
-        out[metric_key(key)] = text
+        out[mlflow_key(key)] = text
     return out, cut
 
 
@@ -245,9 +248,9 @@ class MlflowWriter:
             log.info("MLflow: continuing run %s", self.run_id)
         else:
             experiment_id = self._experiment(experiment)
-            params, cut = fit_params({**(config_params(config) if config is not None else {})})
+            params, cut = fit_params(config_params(config) if config is not None else {})
             for key, value in job.swept.items():  # a swept group (loss=focal) is no config key: a param of its own
-                params.setdefault(metric_key(key), param_value(value))
+                params.setdefault(mlflow_key(key), param_value(value))
             run = self.client.create_run(experiment_id, run_name=run_name, tags=self._tags(config, job, cut))
             self.run_id = run.info.run_id
             items = list(params.items())
@@ -315,7 +318,7 @@ class MlflowWriter:
             return
         stamp = int(float(record.get("time") or time.time()) * 1000)
         step = int(record.get("step") or 0)
-        metrics = [self.mlflow.metric(metric_key(name), value, stamp, step) for name, value in values]
+        metrics = [self.mlflow.metric(mlflow_key(name), value, stamp, step) for name, value in values]
         for i in range(0, len(metrics), METRICS_PER_CALL):
             self._call(lambda chunk=metrics[i : i + METRICS_PER_CALL]: self.client.log_batch(self.run_id,
                                                                                             metrics=chunk),
