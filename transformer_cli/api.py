@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from transformer_cli.config import PredictConfig
 from transformer_cli.device import Precision, resolve_device, resolve_precision
@@ -123,6 +124,8 @@ def train(overrides: Sequence[str] = ()) -> dict[str, Any]:
         outcome["run_dir"] = cli.job_dir()
         try:
             run_training(cfg, outcome["run_dir"])
+        except MissingMandatoryValue as err:  # e.g. data=local without data.train: the command's message
+            outcome["error"] = cli.missing_value(err)
         except Exception as err:  # noqa: BLE001 - raised again, unchanged, once Hydra has returned
             outcome["error"] = err
 

@@ -141,12 +141,16 @@ def _guard(job: Callable[[], Any], sweep_cfg: DictConfig | None = None) -> Any:
     except MissingMandatoryValue as err:  # a required value read inside the job, e.g. a group's `???`
         if os.environ.get("TFORMER_TRACEBACK"):
             raise
-        report_error(TformerError(f"{err.full_key}= is required",
-                                  hint=f"give it on the command line: {err.full_key}=..."))
+        report_error(missing_value(err))
         raise SystemExit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
         plain_console(stderr=True).print(styled(("interrupted", "yellow")))
         raise SystemExit(130) from None
+
+
+def missing_value(err: MissingMandatoryValue) -> TformerError:
+    """The user error of a required value (`???`) the job read without it being given."""
+    return TformerError(f"{err.full_key}= is required", hint=f"give it on the command line: {err.full_key}=...")
 
 
 def report_error(err: TformerError) -> None:

@@ -53,6 +53,19 @@ def test_train_reports_a_config_mistake_as_the_command_does() -> None:
         transformer_cli.train(["+model._target_=os.system"])
 
 
+@pytest.mark.slow
+def test_train_raises_what_the_command_would_print(tmp_path: Path) -> None:
+    """A mistake found inside the job (no training file for data=local) comes back as the TformerError itself,
+    and the caller's sys.argv and root logger are as they were."""
+    import logging
+
+    argv, handlers = list(sys.argv), list(logging.getLogger().handlers)
+    with pytest.raises(TformerError, match="data.source=local needs a training file"):
+        transformer_cli.train(["data=local", "model=tiny", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert sys.argv == argv and logging.getLogger().handlers == handlers
+    assert (tmp_path / "run" / "train.log").is_file()  # the run directory Hydra made, with its log
+
+
 def test_train_refuses_to_run_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(TformerError, match="not under torchrun"):
