@@ -54,9 +54,9 @@ def prepare_training_data(cfg: DictConfig, resumed: Restored | None = None, dist
     set and vocabulary; the other ranks receive them (or find them in the tokenized cache rank 0 wrote), so
     every rank encodes with the same ones."""
     with dist.main_first():
-        tables = open_splits(cfg.data, labels=TASKS[cfg.task.name].reads_labels)
         if cfg.data.cache and cfg.data.source != "hub":
-            return _from_cache(cfg, tables, resumed, start)
+            return _from_cache(cfg, resumed, start)
+        tables = open_splits(cfg.data, labels=TASKS[cfg.task.name].reads_labels)
     if resumed is not None:
         task, tokenizer = resumed.task, resumed.tokenizer
     else:
@@ -94,15 +94,16 @@ def _fit_vocabularies(cfg: DictConfig, train: TableSplit,
     return spec.fit_state(labels, cfg.task, cfg.data.labels, train.where.source, tokenizer), tokenizer
 
 
-def _from_cache(cfg: DictConfig, tables: dict[str, TableSplit], resumed: Restored | None,
-                start: Start | None) -> Prepared:
-    """The splits from the tokenized cache: an entry made by an earlier run, or one written now."""
-    root, files = cache.cache_root(cfg.data), data_files(cfg.data)
+def _from_cache(cfg: DictConfig, resumed: Restored | None, start: Start | None) -> Prepared:
+    """The splits from the tokenized cache: an entry made by an earlier run (the data files are then only
+    hashed, not parsed), or one written now."""
+    root, files = cache.cache_root(cfg.data), cache.file_hashes(data_files(cfg.data))
     given = None if resumed is None else (resumed.task, resumed.tokenizer)
     folder, written = _matching_entry(cfg, root, files, given, start), False
     if folder is None:
         source = _source(given, start)
         key = cache.entry_key(cfg, files, source)
+        tables = open_splits(cfg.data, labels=TASKS[cfg.task.name].reads_labels)
         with cache.writing(root, key) as tmp:
             _write_entry(cfg, tables, tmp, key, given, start)
         folder, written = root / key, True

@@ -36,11 +36,16 @@ def cache_root(data_cfg: Any) -> Path:
     return base / "tokenized"
 
 
-def entry_key(cfg: DictConfig, files: dict[str, str], source: str) -> str:
-    """The hash naming an entry: file contents, data/tokenizer/task settings and where the tokenizer came
-    from (`source`: 'trained', or a hash of a given tokenizer)."""
+def file_hashes(files: dict[str, str]) -> dict[str, str]:
+    """Split name -> sha256 of that file's contents."""
+    return {split: sha256_file(Path(path)) for split, path in sorted(files.items())}
+
+
+def entry_key(cfg: DictConfig, hashes: dict[str, str], source: str) -> str:
+    """The hash naming an entry: file contents (`hashes`), data/tokenizer/task settings and where the
+    tokenizer came from (`source`: 'trained', or a hash of a given tokenizer)."""
     data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in NOT_HASHED}
-    inputs = {"format": FORMAT, "files": {split: sha256_file(Path(path)) for split, path in sorted(files.items())},
+    inputs = {"format": FORMAT, "files": hashes,
               "data": data, "task": OmegaConf.to_container(cfg.task, resolve=True), "loss": cfg.loss.name,
               "tokenizer": source}
     return hashlib.sha256(dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]

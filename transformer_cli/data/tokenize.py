@@ -84,7 +84,7 @@ def encode_flat(tok: Tokenizer, texts: Sequence[str], pairs: Sequence[str] | Non
     """Texts (and pairs) -> all ids end to end (total,) and each example's length (N,): what encode gives,
     without one array per example; `tokenizers` encodes the batch in parallel."""
     inputs = list(texts) if pairs is None else list(zip(texts, pairs))
-    ids = [e.ids for e in tok.encode_batch_fast(inputs)]
+    ids = [e.ids for e in tok.encode_batch(inputs)]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     return np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum())), lengths
 
