@@ -89,9 +89,14 @@ def _fit_vocabularies(cfg: DictConfig, train: TableSplit,
     else:
         sample = train.sample(cfg.data.tokenizer.train_sample, cfg.data.split_seed)
         tokenizer = train_tokenizer_on(sample.texts(), cfg.data.tokenizer, spec.specials)
-    labels = [v for chunk in train.column(train.label_column) for v in chunk] if train.label_column \
-        else [None] * len(train)
+    labels = _all_values(train, train.label_column) if train.label_column else [None] * len(train)
     return spec.fit_state(labels, cfg.task, cfg.data.labels, train.where.source, tokenizer), tokenizer
+
+
+def _all_values(train: TableSplit, column: str) -> list[Any]:
+    """Every value of a column; equal strings share one object (millions of labels, a few distinct)."""
+    shared: dict[str, str] = {}
+    return [shared.setdefault(v, v) if isinstance(v, str) else v for chunk in train.column(column) for v in chunk]
 
 
 def _from_cache(cfg: DictConfig, resumed: Restored | None, start: Start | None) -> Prepared:

@@ -7,6 +7,7 @@ objects only when read, all at once (`read`) or a chunk at a time (`chunks`, for
 
 from __future__ import annotations
 
+import array
 import json
 import logging
 import random
@@ -64,7 +65,8 @@ def open_splits(cfg: Any, labels: bool = True) -> dict[str, "TableSplit"]:
         tables = _read_hub(cfg)
     else:
         tables = {split: _read_file(Path(path), cfg.format, split) for split, path in data_files(cfg).items()}
-    splits = {name: _open_columns(table, cfg, where, labels) for name, (table, where) in tables.items()}
+    splits = {name: _open_columns(table, cfg, where, labels, rows) for name, (table, where, rows) in tables.items()}
+    del tables  # a table kept in Arrow files is read from them; its memory mapping can go
     if "validation" not in splits:
         splits["train"], splits["validation"] = carve(splits["train"], cfg.val_fraction, cfg.split_seed)
     return _limit(splits, cfg)
@@ -74,7 +76,8 @@ def open_splits(cfg: Any, labels: bool = True) -> dict[str, "TableSplit"]:
 class TableSplit:
     """Some rows of an Arrow table (by position), with the columns that hold text, pair and label."""
 
-    table: Any  # a datasets.Dataset
+    table: Any  # a datasets.Dataset held in memory, or None when `files` hold it
+    files: list[str]  # the Arrow files `datasets` wrote the table to (read a chunk at a time)
     where: Where  # rows named by table position
     positions: np.ndarray  # (N,) int64 table positions of this split's rows, in order
     text_column: str
@@ -114,9 +117,7 @@ class TableSplit:
 
     def chunks(self, size: int = CHUNK_ROWS) -> Iterator[RawSplit]:
         """The rows, `size` at a time, each chunk with its own row numbers."""
-        for start in range(0, len(self), size):
-            positions = self.positions[start : start + size]
-            rows = self._rows(positions)
+        for positions, rows in self._batches(size):
             where = replace(self.where, rows=[self.where.row(int(p)) for p in positions])
             texts = _texts(rows.column(self.text_column).to_pylist())
             pairs = _texts(rows.column(self.pair_column).to_pylist()) if self.pair_column else None
@@ -125,14 +126,53 @@ class TableSplit:
 
     def column(self, name: str, size: int = CHUNK_ROWS) -> Iterator[list[Any]]:
         """One column's values, `size` rows at a time."""
-        for start in range(0, len(self), size):
-            yield self._rows(self.positions[start : start + size]).column(name).to_pylist()
+        for _, rows in self._batches(size):
+            yield rows.column(name).to_pylist()
 
-    def _rows(self, positions: np.ndarray) -> Any:
-        """Some rows of the table as a pyarrow Table."""
-        if len(positions) == len(self.table) and np.array_equal(positions, np.arange(len(self.table))):
+    def _batches(self, size: int) -> Iterator[tuple[np.ndarray, Any]]:
+        """(positions, rows as a pyarrow Table), `size` rows at a time. The Arrow files `datasets` keeps are
+        read front to back with plain reads, not memory-mapped, so what was read does not stay resident."""
+        import pyarrow as pa
+
+        ascending = bool(np.all(self.positions[1:] > self.positions[:-1]))
+        if self.files and ascending:
+            yield from _stream_rows(self.files, self.positions, size)
+            return
+        table = self._arrow()
+        for start in range(0, len(self), size):
+            positions = self.positions[start : start + size]
+            yield positions, table.take(pa.array(positions))
+
+    def _arrow(self) -> Any:
+        """The whole table as pyarrow: held in memory, or memory-mapped from its Arrow files."""
+        import pyarrow as pa
+
+        if self.table is not None:
             return self.table.with_format("arrow")[:]
-        return self.table.with_format("arrow")[positions.tolist()]
+        return pa.concat_tables([pa.ipc.open_stream(pa.memory_map(f)).read_all() for f in self.files])
+
+
+def _stream_rows(files: list[str], positions: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, Any]]:
+    """The rows at ascending `positions` of the table stored in `files`, `size` at a time, reading one
+    record batch at a time."""
+    import pyarrow as pa
+
+    pieces, taken, offset, done = [], 0, 0, 0
+    for path in files:
+        with pa.OSFile(path) as fh:
+            for batch in pa.ipc.open_stream(fh):
+                lo, hi = np.searchsorted(positions, [offset, offset + batch.num_rows])
+                if hi > lo:
+                    pieces.append(batch.take(pa.array(positions[lo:hi] - offset)))
+                    taken += hi - lo
+                offset += batch.num_rows
+                while taken - done >= size:  # a full chunk is buffered
+                    rows = pa.Table.from_batches(pieces).slice(0, size)
+                    pieces = pa.Table.from_batches(pieces).slice(size).to_batches()
+                    yield positions[done : done + size], rows
+                    done += size
+    if taken > done:
+        yield positions[done:], pa.Table.from_batches(pieces)
 
 
 def data_files(cfg: Any) -> dict[str, str]:
@@ -172,8 +212,8 @@ def _extension(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _read_file(path: Path, fmt: str, split: str) -> tuple[Any, Where]:
-    """One local file as a `datasets.Dataset`."""
+def _read_file(path: Path, fmt: str, split: str) -> tuple[Any, Where, np.ndarray | None]:
+    """One local file as a `datasets.Dataset`, and the positions of its rows that hold data (None: all)."""
     import datasets
 
     if not path.is_file():
@@ -195,17 +235,18 @@ def _read_file(path: Path, fmt: str, split: str) -> tuple[Any, Where]:
                            hint="check that the file is well-formed and in the format its extension says") from err
     if builder == "text":  # one text per line; blank lines are skipped, rows keep their line numbers
         return _nonblank_lines(table, path, split)
-    return table, Where(split=split, source=str(path))
+    return table, Where(split=split, source=str(path)), None
 
 
-def _nonblank_lines(table: Any, path: Path, split: str) -> tuple[Any, Where]:
-    """A plain text file's lines that hold text, each with its line number; none at all is an error."""
+def _nonblank_lines(table: Any, path: Path, split: str) -> tuple[Any, Where, np.ndarray]:
+    """A plain text file's lines, and the positions of those that hold text (line number - 1); none at all is
+    an error."""
     keep = np.concatenate([np.flatnonzero([bool(line.strip()) for line in batch["text"]]) + start
                            for start, batch in zip(range(0, len(table), CHUNK_ROWS), table.iter(CHUNK_ROWS))])
     if not len(keep):
         raise TformerError(f"the {split} file {path} has no text: every line is blank",
                            hint="a plain text file holds one text per line")
-    return table.select(keep), Where(split=split, source=str(path), rows=keep + 1)
+    return table, Where(split=split, source=str(path)), keep
 
 
 def _first_bad_line(path: Path, builder: str) -> str:
@@ -226,7 +267,7 @@ def _first_bad_line(path: Path, builder: str) -> str:
     return ""
 
 
-def _read_hub(cfg: Any) -> dict[str, tuple[Any, Where]]:
+def _read_hub(cfg: Any) -> dict[str, tuple[Any, Where, None]]:
     """Every split of a hub dataset (needs network access, or a warm HF cache)."""
     import datasets
 
@@ -244,14 +285,16 @@ def _read_hub(cfg: Any) -> dict[str, tuple[Any, Where]]:
     for split in found:
         name = "validation" if split in HUB_VALIDATION_NAMES else split
         if name in SPLITS and name not in out:
-            out[name] = (found[split], Where(split=name, source=f"hub:{cfg.name}"))
+            out[name] = (found[split], Where(split=name, source=f"hub:{cfg.name}"), None)
     if "train" not in out:
         raise TformerError(f"hub dataset '{cfg.name}' has no train split (it has: {', '.join(found)})")
     return out
 
 
-def _open_columns(table: Any, cfg: Any, where: Where, labels: bool = True) -> TableSplit:
-    """The text, pair and label columns of a table, checked to exist and (texts) to be filled."""
+def _open_columns(table: Any, cfg: Any, where: Where, labels: bool = True,
+                  positions: np.ndarray | None = None) -> TableSplit:
+    """The text, pair and label columns of a table (the rows at `positions`, default all), checked to exist
+    and (texts) to be filled."""
     columns = list(table.column_names)
     wanted = {"data.text_column": cfg.text_column}
     if labels:
@@ -269,7 +312,9 @@ def _open_columns(table: Any, cfg: Any, where: Where, labels: bool = True) -> Ta
         raise TformerError(f"the {where.split} split ({where.source}) has no rows")
     for column in filter(None, (cfg.text_column, cfg.text_pair_column)):
         _check_filled(table, column, where)
-    return TableSplit(table=table, where=where, positions=np.arange(len(table), dtype=np.int64),
+    positions = np.arange(len(table), dtype=np.int64) if positions is None else positions.astype(np.int64)
+    files = [f["filename"] for f in table.cache_files]
+    return TableSplit(table=None if files else table, files=files, where=where, positions=positions,
                       text_column=cfg.text_column, pair_column=cfg.text_pair_column,
                       label_column=cfg.label_column if labels else None)
 
@@ -293,12 +338,13 @@ def carve(train: TableSplit, fraction: float, seed: int) -> tuple[TableSplit, Ta
     """Split a seeded random `fraction` of train off as validation."""
     if not 0.0 < fraction < 1.0:
         raise TformerError(f"data.val_fraction must be in (0, 1), got {fraction}")
-    order = list(range(len(train)))
+    order = array.array("q", range(len(train)))  # 8 bytes a row, shuffled as a list would be
     random.Random(seed).shuffle(order)
     k = max(1, round(len(order) * fraction))
     if k >= len(order):
         raise TformerError(f"the train split has {len(order)} rows: too few to carve a validation split")
-    val, rest = sorted(order[:k]), sorted(order[k:])
+    shuffled = np.frombuffer(order, dtype=np.int64)
+    val, rest = np.sort(shuffled[:k]), np.sort(shuffled[k:])
     return train.subset(rest), train.subset(val).renamed("validation (carved from train)")
 
 
@@ -339,5 +385,5 @@ def _quiet_datasets() -> None:
 def read_eval_file(path: Path, cfg: Any, labels: bool = True) -> RawSplit:
     """A user's file with the same columns as the training data, for `tformer eval file=...`."""
     _quiet_datasets()
-    table, where = _read_file(path.expanduser(), cfg.format, "file")
-    return _open_columns(table, cfg, where, labels).read()
+    table, where, rows = _read_file(path.expanduser(), cfg.format, "file")
+    return _open_columns(table, cfg, where, labels, rows).read()
