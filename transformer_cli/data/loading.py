@@ -154,25 +154,34 @@ class TableSplit:
 
 def _stream_rows(files: list[str], positions: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, Any]]:
     """The rows at ascending `positions` of the table stored in `files`, `size` at a time, reading one
-    record batch at a time."""
+    record batch at a time and stopping after the last position."""
     import pyarrow as pa
 
     pieces, taken, offset, done = [], 0, 0, 0
-    for path in files:
-        with pa.OSFile(path) as fh:
-            for batch in pa.ipc.open_stream(fh):
-                lo, hi = np.searchsorted(positions, [offset, offset + batch.num_rows])
-                if hi > lo:
-                    pieces.append(batch.take(pa.array(positions[lo:hi] - offset)))
-                    taken += hi - lo
-                offset += batch.num_rows
-                while taken - done >= size:  # a full chunk is buffered
-                    rows = pa.Table.from_batches(pieces).slice(0, size)
-                    pieces = pa.Table.from_batches(pieces).slice(size).to_batches()
-                    yield positions[done : done + size], rows
-                    done += size
+    for batch in _record_batches(files):
+        if len(positions) == 0 or offset > positions[-1]:
+            break
+        lo, hi = np.searchsorted(positions, [offset, offset + batch.num_rows])
+        if hi > lo:
+            pieces.append(batch.take(pa.array(positions[lo:hi] - offset)))
+            taken += hi - lo
+        offset += batch.num_rows
+        while taken - done >= size:  # a full chunk is buffered
+            buffered = pa.Table.from_batches(pieces)
+            pieces = buffered.slice(size).to_batches()
+            yield positions[done : done + size], buffered.slice(0, size)
+            done += size
     if taken > done:
         yield positions[done:], pa.Table.from_batches(pieces)
+
+
+def _record_batches(files: list[str]) -> Iterator[Any]:
+    """The record batches of Arrow stream files, in order, read (not mapped) one at a time."""
+    import pyarrow as pa
+
+    for path in files:
+        with pa.OSFile(path) as fh:
+            yield from pa.ipc.open_stream(fh)
 
 
 def data_files(cfg: Any) -> dict[str, str]:
