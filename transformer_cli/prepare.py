@@ -24,6 +24,7 @@ from transformer_cli.data.batching import EncodedSplit
 from transformer_cli.data.loading import TableSplit, data_files, open_splits
 from transformer_cli.data.tokenize import encode, encode_flat, train_tokenizer_on
 from transformer_cli.distributed import SINGLE, Dist
+from transformer_cli.errors import TformerError
 from transformer_cli.files import dumps, read_json
 from transformer_cli.losses.base import LossContext
 from transformer_cli.pretrained.settings import Start, truncating
@@ -55,7 +56,7 @@ def prepare_training_data(cfg: DictConfig, resumed: Restored | None = None, dist
     every rank encodes with the same ones."""
     with dist.main_first():
         if cfg.data.cache and cfg.data.source != "hub":
-            return _from_cache(cfg, resumed, start)
+            return _from_cache(cfg, resumed, start, dist)
         tables = open_splits(cfg.data, labels=TASKS[cfg.task.name].reads_labels)
     if resumed is not None:
         task, tokenizer = resumed.task, resumed.tokenizer
@@ -99,12 +100,16 @@ def _all_values(train: TableSplit, column: str) -> list[Any]:
     return [shared.setdefault(v, v) if isinstance(v, str) else v for chunk in train.column(column) for v in chunk]
 
 
-def _from_cache(cfg: DictConfig, resumed: Restored | None, start: Start | None) -> Prepared:
+def _from_cache(cfg: DictConfig, resumed: Restored | None, start: Start | None, dist: Dist = SINGLE) -> Prepared:
     """The splits from the tokenized cache: an entry made by an earlier run (the data files are then only
-    hashed, not parsed), or one written now."""
+    hashed, not parsed), or one written now. With several processes only rank 0 writes (it runs first); the
+    others read its entry, so every rank has the same vocabulary."""
     root, files = cache.cache_root(cfg.data), cache.file_hashes(data_files(cfg.data))
     given = None if resumed is None else (resumed.task, resumed.tokenizer)
     folder, written = _matching_entry(cfg, root, files, given, start), False
+    if folder is None and not dist.is_main:
+        raise TformerError(f"rank {dist.rank} does not see the tokenized data rank 0 wrote under {root}",
+                           hint="put data.cache_dir on a filesystem every node shares, or set data.cache=false")
     if folder is None:
         source = _source(given, start)
         key = cache.entry_key(cfg, files, source)
