@@ -66,7 +66,9 @@ FIT_SCHEMA: dict[str, Any] = {"step": int, "epoch": int, "windows_done": int, "b
                               "best_step": int | None, "evals_without_improvement": int,
                               "evaluated_at": int | None, "skipped_steps": int}
 TRAINER_SCHEMA: dict[str, Any] = {"optimizer": dict[str, Any], "scheduler": dict[str, Any], "scaler": dict[str, Any],
-                                  "rng": dict[str, Any], "fit": FIT_SCHEMA, "meter": dict[str, Any]}
+                                  "rng": dict[str, Any], "rng_other_ranks": list[dict[str, Any]],  # torchrun
+                                  "fit": FIT_SCHEMA, "meter": dict[str, Any]}
+TRAINER_REQUIRED = ("optimizer", "scheduler", "scaler", "rng", "fit", "meter")
 
 
 @dataclass
@@ -252,7 +254,7 @@ def _load_trainer_state(p: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         state = unflatten_state(tree, tensors)
     except (KeyError, TypeError) as err:
         raise corrupt(p, f"trainer_state.json names a tensor that trainer_state.safetensors lacks ({err})") from err
-    _check_schema(p, "trainer_state.json", state, TRAINER_SCHEMA, tuple(TRAINER_SCHEMA))
+    _check_schema(p, "trainer_state.json", state, TRAINER_SCHEMA, TRAINER_REQUIRED)
     _check_schema(p, "trainer_state.json", state["fit"], FIT_SCHEMA, tuple(FIT_SCHEMA))
     return state
 

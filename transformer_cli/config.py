@@ -25,6 +25,7 @@ class TokenizerConfig:
     lowercase: bool = True  # NFKC + lowercase before splitting
     max_length: int | None = 128  # tokens per example after truncation, special tokens included (null with a
     #                               pretrained model: its own, from its tokenizer.json or position table)
+    train_sample: int | None = None  # learn the vocabulary from this many training rows (seeded sample); null = all
 
 
 @dataclass
@@ -48,6 +49,7 @@ class DataConfig:
     split_seed: int = 1234  # seed of that carve, fixed so eval rebuilds the same split
     max_train_examples: int | None = None  # keep a seeded random subset of train (quick runs)
     max_eval_examples: int | None = None  # keep the first N of validation and test (quick runs)
+    cache: bool = True  # builtin/local: keep the tokenized splits in the cache, memory-mapped; reuse them next run
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
 

@@ -76,6 +76,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     task_line: str = ""  # what the task learned from the data and how it predicts (Task.describe)
     model_line: str = ""  # the encoder, and where its weights start from
+    data_cache: str = "off"  # the tokenized cache: 'reused <folder>', 'written <folder>' or 'off'
 
 
 def make_plan(cfg: DictConfig) -> Plan:
@@ -111,7 +112,18 @@ def make_plan(cfg: DictConfig) -> Plan:
     plan.warnings = warnings_of(plan, cfg)
     plan.task_line = prep.task.describe()
     plan.model_line = describe_model(cfg.model, begin)
+    plan.data_cache = prep.cache
     return plan
+
+
+def describe_cache(note: str) -> str:
+    """Whether training will tokenize the data or reuse the cache, in words."""
+    state, _, folder = note.partition(" ")
+    if state == "reused":
+        return f"in the cache ({folder}): training reuses it, nothing is tokenized again"
+    if state == "written":
+        return f"tokenized now into the cache ({folder}): training reuses it"
+    return "tokenized in memory by every run (data.cache=false, or hub data)"
 
 
 def describe_model(model: Any, begin: Start | None) -> str:
@@ -226,6 +238,7 @@ def print_plan(plan: Plan, cfg: DictConfig, console: Console | None = None) -> N
     console.print(styled(("ok", "green"), f" loss {plan.loss} fits task {plan.task}; monitor {plan.monitor} "
                   f"({'higher' if plan.mode == 'max' else 'lower'} is better) is one of its metrics; "
                   "data read: " + ", ".join(f"{k} {v:,}" for k, v in plan.examples.items())))
+    console.print(styled(("tokenized data", "bold"), f": {describe_cache(plan.data_cache)}"))
     console.print(styled(("model", "bold"), f": {plan.model_line}"))
     console.print(styled(("task", "bold"), f": {plan.task_line}"))
     table = Table(show_header=False, box=None, pad_edge=False)

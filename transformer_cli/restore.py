@@ -83,7 +83,7 @@ def check_model_size(task: Task, config: DictConfig, ckpt: Checkpoint) -> None:
     have = sum(t.numel() * t.element_size() for t in ckpt.weights.values())
     if needed > have + BUFFER_ALLOWANCE:
         raise corrupt(ckpt.path, f"its config.yaml needs {needed / 2**20:,.0f} MB for a model whose weights take "
-                      f"{have / 2**20:,.0f} MB")
+                      f"{have / 2**20:,.1f} MB")
 
 
 def _unique_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

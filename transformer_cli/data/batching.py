@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from transformer_cli.data.ragged import Ragged
 from transformer_cli.data.tokenize import PAD_ID
 
 # Batches per sorting pool: large enough to group lengths (about 2 % padding on the shipped datasets at
@@ -45,13 +46,16 @@ class Batch:
 
 @dataclass
 class EncodedSplit:
-    """A tokenized split: one id array per example and the encoded targets."""
+    """A tokenized split: one id array per example (a list, or a memory-mapped Ragged) and the encoded targets."""
 
-    ids: list[np.ndarray]
-    targets: Tensor | list[np.ndarray]  # (N, ...) values, or one id array per example (seq2seq targets)
+    ids: Sequence[np.ndarray] | Ragged
+    targets: Tensor | Sequence[np.ndarray] | Ragged  # (N, ...) values, or one id array per example (seq2seq)
 
     def __post_init__(self) -> None:
-        self.lengths = np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+        if isinstance(self.ids, Ragged):  # (N,) from the offsets alone: no example is read
+            self.lengths = self.ids.lengths()
+        else:
+            self.lengths = np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
     def __len__(self) -> int:
         return len(self.ids)

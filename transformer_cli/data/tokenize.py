@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from tokenizers import (
@@ -26,6 +27,11 @@ PAD_ID = 0
 def train_tokenizer(texts: Sequence[str], cfg: Any, extra: Sequence[str] = ()) -> Tokenizer:
     """Learn a BPE or WordPiece vocabulary from `texts` and set truncation and [CLS]/[SEP] framing; `extra`
     special tokens (a task's own, e.g. [MASK]) follow tformer's."""
+    return train_tokenizer_on(_chunks(texts), cfg, extra)
+
+
+def train_tokenizer_on(batches: Iterable[list[str]], cfg: Any, extra: Sequence[str] = ()) -> Tokenizer:
+    """train_tokenizer over texts that arrive in batches (a corpus read a chunk at a time)."""
     specials = [*SPECIALS, *extra]
     if cfg.kind == "wordpiece":
         # WordPiece marks continuations with "##"; the trainer numbers those symbols in hash order, so the
@@ -46,7 +52,7 @@ def train_tokenizer(texts: Sequence[str], cfg: Any, extra: Sequence[str] = ()) -
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
     steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
     tok.normalizer = normalizers.Sequence(steps)
-    tok.train_from_iterator(_chunks(texts), trainer=trainer, length=len(texts))
+    tok.train_from_iterator(batches, trainer=trainer)
     return frame(tok, cfg.max_length)
 
 
@@ -71,6 +77,16 @@ def encode(tok: Tokenizer, texts: Sequence[str], pairs: Sequence[str] | None = N
     """Texts (and pairs) -> one int32 id array per example, framed and truncated."""
     inputs = list(texts) if pairs is None else list(zip(texts, pairs))
     return [np.asarray(e.ids, dtype=np.int32) for e in tok.encode_batch(inputs)]
+
+
+def encode_flat(tok: Tokenizer, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                dtype: type = np.int32) -> tuple[np.ndarray, np.ndarray]:
+    """Texts (and pairs) -> all ids end to end (total,) and each example's length (N,): what encode gives,
+    without one array per example; `tokenizers` encodes the batch in parallel."""
+    inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+    ids = [e.ids for e in tok.encode_batch(inputs)]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    return np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum())), lengths
 
 
 def save_tokenizer(tok: Tokenizer, path: Path) -> None:

@@ -24,7 +24,7 @@ class Where:
 
     def row(self, i: int) -> int:
         """The 1-based row number of value i."""
-        return self.rows[i] if self.rows is not None else i + 1
+        return int(self.rows[i]) if self.rows is not None else i + 1
 
     def at(self, i: int) -> str:
         """A human description of value i's location."""

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from transformer_cli.config import DataConfig
-from transformer_cli.data.loading import RawSplit, load_splits, read_eval_file
+from transformer_cli.data.loading import RawSplit, load_splits, open_splits, read_eval_file
 from transformer_cli.errors import TformerError
 from transformer_cli.tasks.classify import ClassifyConfig, ClassifyTask
 
@@ -329,3 +329,22 @@ def test_read_eval_file(tmp_path: Path) -> None:
     assert split.texts == ["t1", "t2", "t3"] and split.where.source == str(f) and split.where.split == "file"
     with pytest.raises(TformerError, match="does not exist"):
         read_eval_file(tmp_path / "other.jsonl", data_cfg(train="unused.csv"))
+
+
+def test_chunks_read_the_same_rows_as_a_whole_read(tmp_path: Path) -> None:
+    """Read a chunk at a time (across the Arrow record batches `datasets` writes), a carved split gives the
+    same texts, labels and row numbers as read whole, and the carve is the one a shuffled list gives."""
+    import random
+
+    train = write(tmp_path / "train.csv", numbered(2500))
+    cfg = data_cfg(train=str(train), val_fraction=0.2, split_seed=3)
+    for name, split in open_splits(cfg).items():
+        whole = split.read()
+        parts = list(split.chunks(size=333))
+        assert [len(p) for p in parts[:-1]] == [333] * (len(parts) - 1)
+        assert [t for p in parts for t in p.texts] == whole.texts == [f"t{r}" for r in split.positions + 1], name
+        assert [v for p in parts for v in p.labels] == whole.labels
+        assert [p.where.row(i) for p in parts for i in range(len(p))] == list(split.positions + 1)
+    order = list(range(2500))
+    random.Random(3).shuffle(order)
+    assert list(open_splits(cfg)["validation"].positions) == sorted(order[:500])
