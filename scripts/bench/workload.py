@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from transformer_cli.config import conf_dir
 from transformer_cli.data.batching import Batch, EncodedSplit, batch_order, collate
-from transformer_cli.data.loading import load_splits
+from transformer_cli.data.loading import open_splits
 from transformer_cli.data.tokenize import PAD_ID, encode
 from transformer_cli.losses.base import LossContext
 from transformer_cli.prepare import learn_task
@@ -106,12 +106,12 @@ def load_workload(settings: Settings, extra: tuple[str, ...] = (), seq2seq: bool
     if seq2seq:
         settings = dataclasses.replace(settings, overrides=settings.seq2seq_overrides)
     cfg = compose_config(settings, extra)
-    splits = load_splits(cfg.data)
-    raw = splits["train"]
-    task, tokenizer = learn_task(cfg, raw)  # as `tformer train` learns them
+    tables = open_splits(cfg.data)
+    task, tokenizer = learn_task(cfg, tables["train"])  # as `tformer train` learns them
+    raw = tables["train"].read()
     targets = task.encode_targets(raw.labels, raw.where)
     split = EncodedSplit(encode(tokenizer, raw.texts, raw.pairs), targets)
-    val = splits["validation"]
+    val = tables["validation"].read()
     validation = encode(tokenizer, val.texts, val.pairs) if seq2seq else None
     return Workload(cfg, task, split, tokenizer.get_vocab_size(), tokenizer, task.loss_context(targets), validation)
 
