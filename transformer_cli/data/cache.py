@@ -23,8 +23,8 @@ from torch import Tensor
 
 from transformer_cli.data.batching import EncodedSplit
 from transformer_cli.data.builtin import default_cache_dir
+from transformer_cli.data.loading import require_file
 from transformer_cli.data.ragged import Ragged, RaggedWriter, open_ragged
-from transformer_cli.errors import TformerError
 from transformer_cli.files import dumps, fsync_dir, read_json, sha256_file, write_json
 
 FORMAT = 1  # bump when the layout or the meaning of a file changes: old entries are then never matched
@@ -40,8 +40,7 @@ def cache_root(data_cfg: Any) -> Path:
 def file_hashes(files: dict[str, str]) -> dict[str, str]:
     """Split name -> sha256 of that file's contents (a missing one named as the loader names it)."""
     for split, path in files.items():
-        if not Path(path).is_file():
-            raise TformerError(f"the {split} file {path} does not exist", hint=f"check data.{split}")
+        require_file(Path(path), split)
     return {split: sha256_file(Path(path)) for split, path in sorted(files.items())}
 
 

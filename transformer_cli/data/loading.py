@@ -221,12 +221,17 @@ def _extension(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+def require_file(path: Path, split: str) -> None:
+    """Fail naming the data key when a split's file is missing."""
+    if not path.is_file():
+        raise TformerError(f"the {split} file {path} does not exist", hint=f"check data.{split}")
+
+
 def _read_file(path: Path, fmt: str, split: str) -> tuple[Any, Where, np.ndarray | None]:
     """One local file as a `datasets.Dataset`, and the positions of its rows that hold data (None: all)."""
     import datasets
 
-    if not path.is_file():
-        raise TformerError(f"the {split} file {path} does not exist", hint=f"check data.{split}")
+    require_file(path, split)
     if path.stat().st_size == 0:
         raise TformerError(f"the {split} file {path} is empty")
     builder = file_format(path, fmt)
