@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from transformer_cli.data.builtin import BUILTIN, SPLITS, prepare_builtin
+from transformer_cli.data.builtin import BUILTIN, SPLITS, prepare_builtin, prepared_sha256
 from transformer_cli.data.builtin.debian_descriptions import (
     filter_counts,
     parse_index,
@@ -113,19 +113,11 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str
     monkeypatch.setitem(BUILTIN, "debian_descriptions", ds)
     # the prepared hash of the excerpt, from a first preparation
     probe = prepare_builtin("debian_descriptions", tmp_path / "probe")
-    prepared = json.loads((probe["train"].parent / "meta.json").read_text())
-    ds = dataclasses.replace(ds, prepared_sha256=prepared_hash(probe))
+    ds = dataclasses.replace(ds, prepared_sha256=prepared_sha256(probe["train"].parent))
     monkeypatch.setitem(BUILTIN, "debian_descriptions", ds)
-    yield {"archive": archive, "url": url, "ds": ds, "meta": prepared}
+    yield {"archive": archive, "url": url, "ds": ds}
     server.shutdown()
     server.server_close()
-
-
-def prepared_hash(paths: dict[str, Path]) -> str:
-    """The prepared-files hash as the product computes it."""
-    from transformer_cli.data.builtin import prepared_sha256
-
-    return prepared_sha256(paths["train"].parent)
 
 
 def test_download_prepare_and_record(served: dict[str, Any], tmp_path: Path) -> None:
