@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BUILTIN", "KJV_DEB", "LAYOUT_VERSION", "RV1909_DEB", "SPLITS", "BuiltinDataset", "Part", "Row",
-    "dataset_dir", "default_cache_dir", "download_command", "prepare_builtin", "prepared_sha256", "split_key", "split_of",
+    "dataset_dir", "default_cache_dir", "download_command", "prepare_builtin", "prepared_sha256", "split_key",
+    "split_of",
 ]
 
 BUILTIN: dict[str, BuiltinDataset] = {
