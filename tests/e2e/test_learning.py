@@ -60,8 +60,9 @@ def test_g2p_learns_and_predicts(tmp_path: Path, compose_train: Callable, run_cl
 
 SUMMARIZE = ["experiment=summarize", "data.max_train_examples=1500", "data.max_eval_examples=100",
              "data.tokenizer.max_length=48", "data.tokenizer.vocab_size=2000", "task.target_vocab_size=600",
-             "model.d_model=64", "model.d_ff=128", "model.n_layers=1", "trainer.max_epochs=4", "trainer.batch_size=16",
-             "schedule.warmup_steps=50", "optim.lr=3e-3", "task.beam_size=1", "trainer.threads=1", "trainer.progress=false"]
+             "model.d_model=64", "model.d_ff=128", "model.n_layers=1", "trainer.max_epochs=4",
+             "trainer.batch_size=16", "schedule.warmup_steps=50", "optim.lr=3e-3", "task.beam_size=1",
+             "trainer.threads=1", "trainer.progress=false"]
 
 
 @pytest.mark.slow
