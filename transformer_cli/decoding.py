@@ -56,15 +56,21 @@ class Stepper:
 
 @torch.no_grad()
 def greedy(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: int, max_lens: Tensor,
-           use_cache: bool = True) -> list[Hypothesis]:
-    """The most probable next token at every step, until EOS or each source's max length."""
+           use_cache: bool = True, min_length: int = 0, no_repeat_ngram: int = 0) -> list[Hypothesis]:
+    """The most probable next token at every step, until EOS or each source's max length.
+
+    EOS is impossible before min_length tokens (unless the max length forces it); no_repeat_ngram > 0 bans
+    any token that would repeat an n-gram of the prefix. A length penalty cannot change a greedy choice."""
     B = src.shape[0]
     stepper = Stepper(model, src, mask, use_cache)
     tokens = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
     scores = torch.zeros(B, device=src.device)
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
     for t in range(int(max_lens.max())):
-        logp = _force_eos(stepper.step(tokens), t, max_lens, eos)  # (B, V)
+        logp = _hold_eos(stepper.step(tokens), t, min_length, eos)  # (B, V)
+        if no_repeat_ngram > 0 and tokens.shape[1] >= no_repeat_ngram:
+            _ban_repeats(logp, tokens, no_repeat_ngram)
+        logp = _force_eos(logp, t, max_lens, eos)
         best = logp.argmax(-1)  # (B,)
         best = torch.where(done, torch.full_like(best, eos), best)
         scores += torch.where(done, torch.zeros_like(scores), logp.gather(1, best[:, None]).squeeze(1))
@@ -78,10 +84,11 @@ def greedy(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: int, m
 @torch.no_grad()
 def beam_search(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: int, max_lens: Tensor,
                 beam: int = 4, length_penalty: float = 1.0, no_repeat_ngram: int = 0,
-                use_cache: bool = True) -> list[Hypothesis]:
+                use_cache: bool = True, min_length: int = 0) -> list[Hypothesis]:
     """Keep the `beam` best prefixes per source; a source is done once `beam` hypotheses ended in EOS.
 
-    Finished hypotheses are ranked by score / length**length_penalty (length counts EOS)."""
+    Finished hypotheses are ranked by score / length**length_penalty (length counts EOS). EOS is impossible
+    before min_length tokens (unless the max length forces it)."""
     B, K = src.shape[0], beam
     device = src.device
     stepper = Stepper(model, src, mask, use_cache)
@@ -92,7 +99,7 @@ def beam_search(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: i
     scores[:, 1:] = float("-inf")  # every beam starts equal: expand only the first one
     finished: list[list[tuple[float, list[int], float]]] = [[] for _ in range(B)]
     for t in range(int(max_lens.max())):
-        logp = _force_eos(stepper.step(tokens), t, limits, eos)  # (B*K, V)
+        logp = _force_eos(_hold_eos(stepper.step(tokens), t, min_length, eos), t, limits, eos)  # (B*K, V)
         if no_repeat_ngram > 0 and tokens.shape[1] >= no_repeat_ngram:
             _ban_repeats(logp, tokens, no_repeat_ngram)
         V = logp.shape[-1]
@@ -140,6 +147,15 @@ def _advance(finished: list[list[tuple[float, list[int], float]]], tokens: Tenso
                 keep[b, live], next_scores[b, live], next_tokens[b, live] = o, score, tok
                 live += 1
     return keep.to(origin.device), next_scores.to(top_scores.device), next_tokens.to(origin.device)
+
+
+def _hold_eos(logp: Tensor, t: int, min_length: int, eos: int) -> Tensor:
+    """Before min_length tokens were generated, EOS is impossible (returns logp itself when t >= min_length)."""
+    if t >= min_length:
+        return logp
+    logp = logp.clone()
+    logp[:, eos] = float("-inf")
+    return logp
 
 
 def _force_eos(logp: Tensor, t: int, limits: Tensor, eos: int) -> Tensor:

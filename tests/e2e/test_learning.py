@@ -1,5 +1,6 @@
-"""Learning tests on real data: a small encoder beats the majority class clearly on Rotten Tomatoes, and a
-seq2seq model learns grapheme-to-phoneme conversion from CMUdict (then predicts)."""
+"""Learning tests on real data: a small encoder beats the majority class clearly on Rotten Tomatoes, a
+seq2seq model learns grapheme-to-phoneme conversion from CMUdict (then predicts), and a tiny one starts
+learning Debian synopses (next to the lead-8 baseline it does not reach)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,37 @@ def test_g2p_learns_and_predicts(tmp_path: Path, compose_train: Callable, run_cl
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(rows) == 2 and all(r["text"] and r["score"] < 0 for r in rows)
     print("predictions:", [r["text"] for r in rows])
+
+
+SUMMARIZE = ["experiment=summarize", "data.max_train_examples=1500", "data.max_eval_examples=100",
+             "data.tokenizer.max_length=48", "data.tokenizer.vocab_size=2000", "task.target_vocab_size=600",
+             "model.d_model=64", "model.d_ff=128", "model.n_layers=1", "trainer.max_epochs=4",
+             "trainer.batch_size=16", "schedule.warmup_steps=50", "optim.lr=3e-3", "task.beam_size=1",
+             "trainer.threads=1", "trainer.progress=false"]
+
+
+@pytest.mark.slow
+def test_summarize_learns_on_debian_descriptions(tmp_path: Path, compose_train: Callable) -> None:
+    """On 1,500 real Debian description -> synopsis pairs (376 steps), a tiny encoder-decoder learns the
+    synopses' common words: ROUGE-L leaves the 0 of its first evaluation and its loss falls. Printed next to
+    it: the lead-8 baseline (the description's first 8 words) on the same test examples, which a budget this
+    small does not come near (measured: ROUGE-L 6.1 against 24.3; docs/seq2seq.md#summarization has the
+    figures of the full preset)."""
+    import csv
+
+    from transformer_cli.data.builtin import prepare_builtin
+    from transformer_cli.metrics.rouge import rouge
+
+    train(compose_train(SUMMARIZE), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    test = summary["final"]["test"]
+    first = next(json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["event"] == "eval")
+    with prepare_builtin("debian_descriptions")["test"].open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))[:100]  # the evaluation's examples: data.max_eval_examples keeps the first
+    lead = rouge([(" ".join(r["source"].split()[:8]), [r["target"]]) for r in rows])
+    print("summarize test:", {k: round(v, 3) for k, v in test.items() if isinstance(v, float)}, "first eval:",
+          {k: round(first[k], 3) for k in ("loss", "token_accuracy", "rougeL")}, "lead-8:", lead)
+    assert test["rougeL"] > 3.0  # an untrained decoder's outputs score 0 (so did this one at its first evaluation)
+    assert test["loss"] < first["loss"]
+    assert lead["rougeL"] > 20.0  # the baseline is computed on real pairs: far above the tiny model

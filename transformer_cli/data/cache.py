@@ -28,7 +28,7 @@ from transformer_cli.data.ragged import Ragged, RaggedWriter, open_ragged
 from transformer_cli.files import dumps, fsync_dir, read_json, sha256_file, write_json
 
 FORMAT = 1  # bump when the layout or the meaning of a file changes: old entries are then never matched
-NOT_HASHED = ("cache", "cache_dir", "archive", "train", "validation", "test")  # files enter by content
+NOT_HASHED = ("cache", "cache_dir", "archive", "allow_new_archive", "train", "validation", "test")  # files enter by content
 
 
 def cache_root(data_cfg: Any) -> Path:

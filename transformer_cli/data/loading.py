@@ -191,7 +191,8 @@ def data_files(cfg: Any) -> dict[str, str]:
 
         cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else None
         archive = Path(cfg.archive).expanduser() if cfg.archive else None
-        return {k: str(v) for k, v in prepare_builtin(cfg.name, cache, archive).items()}
+        paths = prepare_builtin(cfg.name, cache, archive, bool(cfg.allow_new_archive))
+        return {k: str(v) for k, v in paths.items()}
     files = {split: getattr(cfg, split) for split in SPLITS if getattr(cfg, split)}
     if "train" not in files:
         raise TformerError(

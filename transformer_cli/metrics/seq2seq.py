@@ -1,4 +1,4 @@
-"""Sequence-to-sequence metrics: teacher-forced token accuracy and perplexity, and BLEU, chrF, exact
+"""Sequence-to-sequence metrics: teacher-forced token accuracy and perplexity, and BLEU, chrF, ROUGE, exact
 match, WER and PER of decoded text."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from typing import Any, Hashable
 from torch import Tensor
 
 from transformer_cli.metrics.common import safe_div
+from transformer_cli.metrics.rouge import rouge
 from transformer_cli.metrics.tokens import TokenMetrics
 
 
@@ -16,8 +17,9 @@ class Seq2SeqMetrics:
 
     Every reference is kept by its source; each distinct source is decoded once. A source with several
     references (a word with several pronunciations) counts as correct when its output matches any of them:
-    `wer` and `per` are scored that way (PER against the closest reference), as G2P papers do; `wer_single`
-    and `per_single` score every (source, reference) row on its own, as do BLEU and chrF. Decoded text is
+    `wer` and `per` are scored that way (PER against the closest reference), as G2P papers do, and ROUGE
+    takes its best reference; `wer_single` and `per_single` score every (source, reference) row on its own,
+    as do BLEU and chrF. Decoded text is
     kept as strings because corpus BLEU and chrF (sacrebleu) are computed over the whole set."""
 
     def __init__(self) -> None:
@@ -47,8 +49,8 @@ class Seq2SeqMetrics:
         self.update_tokens(preds, targets)
 
     def compute(self) -> dict[str, float]:
-        """token_accuracy, perplexity; with decoded text also bleu, chrf, exact_match, wer, per (any reference)
-        and wer_single, per_single (each row)."""
+        """token_accuracy, perplexity; with decoded text also bleu, chrf, rouge1/2/L (best reference),
+        exact_match, wer, per (any reference) and wer_single, per_single (each row)."""
         out: dict[str, float] = self.token_metrics.compute()
         count = out.pop("count")
         groups = [(self.hyps[s], refs) for s, refs in self.refs.items() if s in self.hyps]
@@ -65,6 +67,7 @@ class Seq2SeqMetrics:
                        exact_match=correct, wer=1.0 - correct, per=_unit_error_rate([h for h, _ in groups], closest),
                        wer_single=1.0 - sum(h == r for h, r in rows) / len(rows),
                        per_single=_unit_error_rate(hyps, refs))
+            out.update(rouge(groups))
         out["count"] = count
         out["decoded"] = len(groups)
         return out

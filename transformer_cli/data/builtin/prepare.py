@@ -38,7 +38,7 @@ def prepare_into(ds: BuiltinDataset, archive: Path, final: Path) -> None:
     rows = _ordered(_dedupe(_cleaned(raw, ds), ds), ds)
     splits: dict[str, list[Row]] = {split: [] for split in SPLITS}
     for row in rows:
-        splits[split_of(row[ds.text_column])].append(row)
+        splits[ds.split(row) if ds.split else split_of(row[ds.text_column])].append(row)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
@@ -174,8 +174,8 @@ def _meta(ds: BuiltinDataset, raw_count: int, splits: dict[str, list[Row]]) -> d
         "layout": LAYOUT_VERSION,
         "text_column": ds.text_column,
         "label_column": ds.label_column,
-        "split_rule": "sha1(casefolded text, punctuation and spacing removed) % 10: "
-        "0-7 train, 8 validation, 9 test",
+        "split_rule": "the dataset's own (see notes)" if ds.split else
+        "sha1(casefolded text, punctuation and spacing removed) % 10: 0-7 train, 8 validation, 9 test",
         "raw_rows": raw_count,
         "rows_dropped_or_merged": raw_count - kept,
         "rows": {split: len(rows) for split, rows in splits.items()},

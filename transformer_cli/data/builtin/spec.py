@@ -56,8 +56,13 @@ class BuiltinDataset:
     notes: str = ""  # what a user of the data must know (written to meta.json)
     what: str = "built-in dataset"  # how download errors name it
     archive_key: str = "data.archive"  # the setting that takes an archive downloaded by hand
+    url: str = ""  # where any HTTP client fetches the one archive (the "http" downloader uses it)
+    split: Callable[[Row], str] | None = None  # row -> split; None: by a hash of the text (prepare.split_of)
+    # sha256 of the prepared split files (prepare.prepared_sha256), for an archive that changes upstream (a
+    # Debian index at point releases): figures stay comparable while this matches; "" for fixed archives
+    prepared_sha256: str = ""
 
     @property
     def pinned(self) -> tuple[Part, ...]:
         """Every archive to obtain and verify: the parts, or the one archive."""
-        return self.parts or (Part(self.package, self.archive, self.sha256),)
+        return self.parts or (Part(self.package, self.archive, self.sha256, self.url),)
