@@ -28,6 +28,7 @@ from transformer_cli.data.builtin.prepare import (
 )
 from transformer_cli.data.builtin.rotten_tomatoes import ROTTEN_TOMATOES
 from transformer_cli.data.builtin.spec import BuiltinDataset, Part, Row
+from transformer_cli.data.builtin.squad import SQUAD
 from transformer_cli.data.builtin.vader import VADER
 from transformer_cli.errors import TformerError
 
@@ -41,6 +42,7 @@ BUILTIN: dict[str, BuiltinDataset] = {
     "vader": VADER,
     "cmudict": CMUDICT,
     "kjv_rv1909": KJV_RV1909,
+    "squad": SQUAD,
 }
 
 
