@@ -95,9 +95,9 @@ def write_squad_json(path: Path, n: int, seed: int) -> None:
         before = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30)))
         after = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30)))
         context = f"The {before} was built by {name} near the {after}."
+        answer = {"text": name, "answer_start": context.index(f"by {name}") + 3}
         paragraphs.append({"context": context, "qas": [{"id": f"q{i}", "question": "Who built it?",
-                                                        "answers": [{"text": name,
-                                                                     "answer_start": context.index(f"by {name}") + 3}]}]})
+                                                        "answers": [answer]}]})
     path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
 
 

@@ -3,8 +3,9 @@
 An entry is a folder named by the hash of everything its contents depend on: the data files' contents,
 the data, tokenizer and task settings, and the tokenizer given by a resumed run or a pretrained model.
 It holds the tokenizer and task state learned on train, and per split the ids (a Ragged), the encoded
-targets and, for a task that has them, its side records (JSON Lines, read when first used). It is written in a temporary folder and renamed into place when complete, so a folder with that
-name is always whole; an interrupted write leaves only a temporary folder, removed by the next write.
+targets and, for a task that has them, its side records (JSON Lines, read when first used). It is written
+in a temporary folder and renamed into place when complete, so a folder with that name is always whole;
+an interrupted write leaves only a temporary folder, removed by the next write.
 """
 
 from __future__ import annotations

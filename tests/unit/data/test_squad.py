@@ -24,7 +24,8 @@ DOCUMENT = {"version": "1.1", "data": [
                                                           {"text": "in 1820", "answer_start": 27}]}]}]},
     {"title": "Bridges", "paragraphs": [
         {"context": "The bridge crosses the river.", "qas": [
-            {"id": "b1", "question": "What crosses the river?", "answers": [{"text": "The bridge", "answer_start": 0}]}]},
+            {"id": "b1", "question": "What crosses the river?",
+             "answers": [{"text": "The bridge", "answer_start": 0}]}]},
         {"context": "It is made of stone.", "qas": [
             {"id": "b2", "question": "Made of?", "answers": [{"text": "stone", "answer_start": 14}]}]}]}]}
 
