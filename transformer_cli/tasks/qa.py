@@ -223,20 +223,21 @@ def _windows(tok: Tokenizer, rows: Rows) -> list[Encoding]:
 def window_target(window: Encoding, text: str, row: int, answer: tuple[str, int] | None) -> np.ndarray:
     """[start token, end token, row, (first + 1, end + 1) per token] of one window of the context `text`: the
     answer's first and last tokens when the window holds it whole, else (0, 0), the [CLS] position."""
-    context = [j for j, s in enumerate(window.sequence_ids) if s == 1]
+    context = np.flatnonzero(np.asarray([s == 1 for s in window.sequence_ids]))  # (C,) positions
     out = np.zeros(HEAD + 2 * len(window.ids), dtype=np.int32)
     out[2] = row
     offsets = np.asarray(window.offsets, dtype=np.int32).reshape(-1, 2)  # (T, 2)
-    for j in context:  # a word-start piece of a BPE vocabulary covers the space before it: not part of the span
+    spaced = [int(j) for j, a in zip(context, offsets[context, 0].tolist()) if text[a:a + 1].isspace()]
+    for j in spaced:  # a word-start piece of a BPE vocabulary covers the space before it: not part of the span
         while offsets[j, 0] < offsets[j, 1] - 1 and text[offsets[j, 0]].isspace():
             offsets[j, 0] += 1
     out[HEAD:].reshape(-1, 2)[context] = offsets[context] + 1
-    if answer is not None and context:
-        out[:2] = span_tokens(offsets, context[0], context[-1], answer)
+    if answer is not None and len(context):
+        out[:2] = span_tokens(offsets.tolist(), int(context[0]), int(context[-1]), answer)
     return out
 
 
-def span_tokens(offsets: np.ndarray, c0: int, c1: int, answer: tuple[str, int]) -> tuple[int, int]:
+def span_tokens(offsets: list[list[int]], c0: int, c1: int, answer: tuple[str, int]) -> tuple[int, int]:
     """The first and last tokens of the answer among the context tokens c0..c1, or (0, 0) when the window does not
     hold it whole (run_qa.py's rule)."""
     text, start = answer
