@@ -1,7 +1,7 @@
 """The task contract: everything the loop, run, eval, predict, export and plan may ask of a task.
 
-A task is one kind of problem (classify, regress, ...). It encodes data rows into model inputs and targets, builds
-the model for its outputs, feeds batches to that model, says what the loss sees, keeps its metrics, writes
+A task is one kind of problem (classify, regress, ...). It encodes data rows into model inputs and targets,
+builds the model for its outputs, feeds batches to that model, says what the loss sees, keeps its metrics, writes
 prediction records and names what an export returns. Nothing outside tasks/ looks inside a task or asks
 it anything not listed here; a task file implements every method (no base class).
 """
@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
-from torch import Tensor, nn
-
 from tokenizers import Tokenizer
+from torch import Tensor, nn
 
 from transformer_cli.data.batching import Batch, Encoded
 from transformer_cli.losses.base import LossContext

@@ -33,7 +33,8 @@ _ENTITY = re.compile(r"&(?:[A-Za-z]+|#[0-9]+|#[xX][0-9A-Fa-f]+);")
 
 
 def prepare_into(ds: BuiltinDataset, archive: Path, final: Path) -> None:
-    """Extract, clean, dedupe and split the archive, then publish the folder atomically."""
+    """Extract the archive; clean, dedupe and split its rows by hash (or by the dataset's own splits); publish
+    the folder atomically."""
     raw = ds.extract(archive)
     splits = ds.splits(list(raw)) if ds.splits is not None else _hash_splits(raw, ds)
     final.parent.mkdir(parents=True, exist_ok=True)
