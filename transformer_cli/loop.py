@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -143,11 +143,13 @@ def nonfinite_hooks(model: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], task: Task, loss_fn: Loss, precision: Precision,
-             progress: bool = False, desc: str = "eval") -> tuple[dict[str, float], dict[str, Any]]:
-    """Loss and task metrics over every batch: (scalar metrics, details such as the confusion matrix)."""
+             progress: bool = False, desc: str = "eval",
+             side: Sequence[Any] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Loss and task metrics over every batch of a split whose side records are `side` (EncodedSplit.side):
+    (scalar metrics, details such as the confusion matrix)."""
     was_training = model.training
     model.eval()
-    metrics = task.new_metrics()
+    metrics = task.new_metrics(side)
     total = torch.zeros((), dtype=torch.float64, device=precision.device)
     weight = torch.zeros((), dtype=torch.float64, device=precision.device)
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
@@ -328,7 +330,7 @@ class Fitter:
         scalars = None
         if self.dist.is_main:  # the whole split on rank 0: the same metrics as one process; the others wait
             batches = val.batches(cfg.eval_batch_size, shuffle=False, bucket=True)
-            scalars, _ = evaluate(self.model, batches, self.task, self.loss_fn, self.precision)
+            scalars, _ = evaluate(self.model, batches, self.task, self.loss_fn, self.precision, side=val.side)
         scalars = self.dist.broadcast(scalars)
         value = scalars[self.monitor]
         improved = promotable(scalars, self.monitor) and is_better(value, state.best_value, self.mode)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_cli.config import ModelConfig
-from transformer_cli.heads import SequenceHead, TokenHead
+from transformer_cli.heads import SequenceHead, SpanHead, TokenHead
 
 
 def sinusoidal_table(max_positions: int, d_model: int) -> Tensor:
@@ -359,6 +359,19 @@ class MaskedLMModel(nn.Module):
         """(B, T) ids, mask and (B, T) bool positions to predict -> (M, V) logits, M = chosen.sum()."""
         hidden = self.encoder(input_ids, mask)  # (B, T, D)
         return self.head(hidden[chosen])  # (M, V): only the masked positions reach the vocabulary
+
+
+class SpanModel(nn.Module):
+    """An encoder and a span head: token ids in, start and end logits of every token out (extractive QA)."""
+
+    def __init__(self, encoder: Encoder, d_model: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = SpanHead(d_model)
+
+    def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        """(B, T) ids and mask -> (B, T, 2) start and end logits."""
+        return self.head(self.encoder(input_ids, mask))
 
 
 def count_parameters(model: nn.Module) -> int:

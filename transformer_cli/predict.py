@@ -39,12 +39,13 @@ from omegaconf import DictConfig
 from torch import nn
 
 from transformer_cli.data.batching import EncodedSplit
-from transformer_cli.data.tokenize import encode
+from transformer_cli.data.loading import RawSplit
 from transformer_cli.device import Precision, resolve_device, resolve_precision
 from transformer_cli.errors import TformerError
 from transformer_cli.files import dumps, jsonable, write_text_atomic
 from transformer_cli.restore import Restored, restore
 from transformer_cli.tasks import Task
+from transformer_cli.tasks.common import Where
 
 log = logging.getLogger("tformer")
 
@@ -127,17 +128,22 @@ def predict_texts(restored: Restored, precision: Precision, texts: Sequence[str]
                            f"needs its second text (got {got})", hint="pass pairs=[...], one per text")
     if not columns.pair and pairs is not None:
         raise TformerError("this checkpoint reads single texts, not pairs", hint="leave pairs out")
-    ids = encode(restored.tokenizer, list(texts), list(pairs) if pairs is not None else None)
-    records = predict_records(restored.model.to(precision.device), restored.task, ids,
-                              batch_size or restored.config.trainer.eval_batch_size, precision, top_k)
-    return [jsonable(r) for r in records]
+    rows = RawSplit(list(texts), list(pairs) if pairs is not None else None, [None] * len(texts),
+                    Where(split="input", source="the texts to predict"))
+    encoded = restored.task.encode(rows, restored.tokenizer, labelled=False)  # no labels: predictions only
+    split = encoded.split()
+    records = predict_records(restored.model.to(precision.device), restored.task, split.ids,
+                              batch_size or restored.config.trainer.eval_batch_size, precision, top_k, split.targets)
+    return [jsonable(r) for r in restored.task.merge_predictions(records, encoded)]  # one per text
 
 
-def predict_records(model: nn.Module, task: Task, ids: list[np.ndarray], batch_size: int, precision: Precision,
-                    top_k: int) -> list[dict[str, Any]]:
-    """One record per example, in input order; batches grouped by length exactly as `eval` groups them."""
-    split = EncodedSplit(ids, torch.zeros(len(ids)))  # no targets: predictions only
-    records: list[dict[str, Any]] = [{} for _ in ids]
+def predict_records(model: nn.Module, task: Task, ids: Sequence[np.ndarray], batch_size: int, precision: Precision,
+                    top_k: int, targets: Any = None) -> list[dict[str, Any]]:
+    """One record per input, in input order; batches grouped by length exactly as `eval` groups them. `targets`:
+    what the task's encode gave for these inputs without labels (a question answering window's offsets); none:
+    zeros."""
+    split = EncodedSplit(ids, torch.zeros(len(ids)) if targets is None else targets)
+    records: list[dict[str, Any]] = [{} for _ in range(len(split))]
     model.eval()
     with torch.inference_mode():
         for batch in split.batches(batch_size, shuffle=False, bucket=True):

@@ -20,9 +20,8 @@ from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
 from transformer_cli.data import cache
-from transformer_cli.data.batching import EncodedSplit
 from transformer_cli.data.loading import TableSplit, data_files, open_splits
-from transformer_cli.data.tokenize import encode, encode_flat, train_tokenizer_on
+from transformer_cli.data.tokenize import train_tokenizer_on
 from transformer_cli.distributed import SINGLE, Dist
 from transformer_cli.errors import TformerError
 from transformer_cli.files import dumps, read_json
@@ -62,11 +61,9 @@ def prepare_training_data(cfg: DictConfig, resumed: Restored | None = None, dist
         task, tokenizer = resumed.task, resumed.tokenizer
     else:
         task, tokenizer = learn_task(cfg, tables["train"], dist, start)
-    raw = {name: table.read() for name, table in tables.items()}
-    targets = {name: task.encode_targets(split.labels, split.where) for name, split in raw.items()}
-    splits = {name: EncodedSplit(encode(tokenizer, s.texts, s.pairs), targets[name]) for name, s in raw.items()}
-    return Prepared(task=task, splits=splits, sizes={k: len(v) for k, v in raw.items()}, tokenizer=tokenizer,
-                    loss_context=task.loss_context(targets["train"]))
+    splits = {name: task.encode(table.read(), tokenizer).split() for name, table in tables.items()}
+    return Prepared(task=task, splits=splits, sizes={k: len(v) for k, v in splits.items()}, tokenizer=tokenizer,
+                    loss_context=task.loss_context(splits["train"].targets))
 
 
 def learn_task(cfg: DictConfig, train: TableSplit, dist: Dist = SINGLE,
@@ -161,8 +158,7 @@ def _write_entry(cfg: DictConfig, tables: dict[str, TableSplit], folder: Path, k
     for name, table in tables.items():
         writer = cache.SplitWriter(folder, name, dtype)
         for chunk in table.chunks():
-            flat, lengths = encode_flat(tokenizer, chunk.texts, chunk.pairs)
-            writer.append(flat, lengths, task.encode_targets(chunk.labels, chunk.where))
+            writer.append(task.encode(chunk, tokenizer))
         records[name] = writer.close()
     cache.write_manifest(folder, records, key)
 

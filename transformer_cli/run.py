@@ -21,9 +21,7 @@ from transformer_cli.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from transformer_cli.data.batching import EncodedSplit
 from transformer_cli.data.loading import RawSplit, load_splits, read_eval_file
-from transformer_cli.data.tokenize import encode
 from transformer_cli.device import Precision, resolve_device, resolve_precision
 from transformer_cli.distributed import Dist, rank_seed
 from transformer_cli.distributed import setup as setup_distributed
@@ -199,7 +197,8 @@ def final_evaluation(s: Session, writer: Writer, state: FitState) -> dict[str, d
         if split not in s.prep.splits:
             continue
         batches = s.prep.splits[split].batches(s.cfg.trainer.eval_batch_size, shuffle=False, bucket=True)
-        scalars, details = evaluate_batches(s.model, batches, s.prep.task, s.loss_fn, s.precision)
+        scalars, details = evaluate_batches(s.model, batches, s.prep.task, s.loss_fn, s.precision,
+                                            side=s.prep.splits[split].side)
         writer.write({"event": "final", "split": split, "step": state.best_step, **scalars, "time": time.time()})
         out[split] = {"metrics": scalars, "details": details}
     return out
@@ -243,11 +242,11 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     task = restored.task
     task.final_decoding()
     raw = eval_split(cfg, restored.config)
-    split = EncodedSplit(encode(restored.tokenizer, raw.texts, raw.pairs), task.encode_targets(raw.labels, raw.where))
+    split = task.encode(raw, restored.tokenizer).split()
     batch_size = cfg.batch_size or restored.config.trainer.eval_batch_size
     scalars, details = evaluate_batches(restored.model.to(precision.device),
                                         split.batches(batch_size, shuffle=False, bucket=True), task,
-                                        restore_loss(restored), precision, progress=cfg.progress)
+                                        restore_loss(restored), precision, progress=cfg.progress, side=split.side)
     result = {"checkpoint": str(restored.path), "split": raw.where.split, "source": raw.where.source,
               "examples": len(split), "step": restored.checkpoint.meta.get("step"), "metrics": scalars,
               "details": details}

@@ -70,7 +70,8 @@ def check_train_config(cfg: DictConfig) -> None:
     A pretrained model's architecture is read from its directory later (pretrained/settings.py); until then
     its settings are null and only the rest is checked here."""
     _refuse_targets(OmegaConf.to_container(cfg, resolve=False), "the config", "", interpolations=True)
-    target_kind(cfg.task.name, cfg.loss.name)  # the loss fits the task
+    if target_kind(cfg.task.name, cfg.loss.name) == "span":  # the loss fits the task
+        _check_span_loss(cfg.loss)
     monitor_of(cfg.task.name, cfg.trainer.monitor)  # the monitored metric is one of the task's
     _check_pretrained(cfg)
     if cfg.model.source is None or cfg.model.d_model is not None:
@@ -86,6 +87,17 @@ def check_train_config(cfg: DictConfig) -> None:
             raise TformerError(f"trainer.{key} must be positive, got {cfg.trainer[key]}")
     if cfg.trainer.max_tokens < 0:
         raise TformerError(f"trainer.max_tokens must be 0 (off) or positive, got {cfg.trainer.max_tokens}")
+
+
+def _check_span_loss(loss: DictConfig) -> None:
+    """A loss over positions (qa's start and end) has no classes to weight, and smoothing would spread mass over
+    the positions that cannot hold an answer: both are refused."""
+    if OmegaConf.select(loss, "label_smoothing", default=0.0):
+        raise TformerError(f"loss.label_smoothing={loss.label_smoothing} does not apply to answer spans",
+                           hint="leave loss.label_smoothing at 0 for task=qa")
+    if OmegaConf.select(loss, "class_weights", default=None) is not None:
+        raise TformerError("loss.class_weights does not apply to answer spans (positions are not classes)",
+                           hint="leave loss.class_weights at null for task=qa")
 
 
 def _check_model(cfg: DictConfig) -> None:

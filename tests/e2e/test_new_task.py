@@ -27,7 +27,7 @@ import torch
 from transformer_cli.errors import TformerError
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import ClassificationMetrics
-from transformer_cli.tasks.common import sequence_forward, sequence_model
+from transformer_cli.tasks.common import encode_rows, one_per_row, sequence_forward, sequence_model
 from transformer_cli.tasks.protocol import Readout
 
 METRICS = {"loss": "min", "accuracy": "max", "macro_f1": "max", "mcc": "max"}
@@ -56,6 +56,9 @@ class YesNoTask:
     def build_model(self, model_cfg: Any, vocab_size: int) -> torch.nn.Module:
         return sequence_model(model_cfg, vocab_size, 1, self.cfg, squeeze=True)
 
+    def encode(self, rows: Any, tokenizer: Any, labelled: bool = True) -> Any:
+        return encode_rows(rows, tokenizer, labelled, self.encode_targets)
+
     def encode_targets(self, values: Sequence[Any], where: Any) -> torch.Tensor:
         bad = [i for i, v in enumerate(values) if str(v) not in ANSWERS]
         if bad:
@@ -72,7 +75,7 @@ class YesNoTask:
     def loss_inputs(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return outputs.float(), targets.float()
 
-    def new_metrics(self) -> ClassificationMetrics:
+    def new_metrics(self, side: Any = None) -> ClassificationMetrics:
         return ClassificationMetrics(2, ANSWERS)
 
     def observe(self, metrics: Any, model: Any, batch: Any, outputs: torch.Tensor) -> None:
@@ -81,6 +84,9 @@ class YesNoTask:
     def predict(self, model: torch.nn.Module, batch: Any, top_k: int) -> list[dict[str, Any]]:
         p = torch.sigmoid(self.forward(model, batch).float()).cpu().tolist()
         return [{"answer": ANSWERS[int(x > 0.5)], "p_yes": x} for x in p]
+
+    def merge_predictions(self, records: list[dict[str, Any]], encoded: Any) -> list[dict[str, Any]]:
+        return one_per_row(records, encoded)
 
     def readout(self) -> Readout:
         return Readout(("p_yes",), lambda out: (torch.sigmoid(out.float()),), {"answers": ANSWERS})

@@ -79,7 +79,7 @@ def test_every_yaml_composes_and_builds(group: str, option: str, compose_train: 
     build_scheduler(cfg.schedule, optimizer, total_steps=100)
     kind = next(k for k in LOSSES[cfg.loss.name].targets if k in TASKS[cfg.task.name].target_kinds)
     counts = {"index": torch.tensor([3, 5]), "binary": torch.tensor([3, 5]), "multilabel": torch.tensor([3, 5]),
-              "real": None}[kind]
+              "real": None, "span": None}[kind]
     build_loss(cfg.loss, LossContext(num_outputs=2 if kind != "binary" else 1, label_counts=counts, num_examples=8))
 
 

@@ -37,11 +37,13 @@ def tiny_classifier(sentence: Callable[[int], str], num_labels: int = 3) -> tupl
 
 
 def test_export_covers_the_single_output_task_kinds_and_refuses_others(tmp_path: Path) -> None:
-    """classify, regress and multilabel have a read-out; seq2seq (a decoding loop) has none and is refused by name."""
+    """classify, regress, multilabel and qa have a read-out; seq2seq (a decoding loop) has none and is refused by
+    name."""
     readouts = {name: task_of(name).readout() for name in TASKS}
-    assert {name for name, r in readouts.items() if r is not None} == {"classify", "regress", "multilabel"}
+    assert {name for name, r in readouts.items() if r is not None} == {"classify", "regress", "multilabel", "qa"}
     assert readouts["classify"].names == ("logits", "probabilities") == readouts["multilabel"].names
     assert readouts["regress"].names == ("prediction",)
+    assert readouts["qa"].names == ("start_logits", "end_logits")
     restored = SimpleNamespace(task=task_of("seq2seq"), config=OmegaConf.create({"task": {"name": "seq2seq"}}))
     with pytest.raises(TformerError, match="does not support task 'seq2seq'"):
         readout_of(restored)
@@ -51,7 +53,7 @@ def task_of(name: str) -> Any:
     """A task of the table, built from its schema's defaults and a small made-up training column."""
     spec = TASKS[name]
     values = {"classify": ["a", "b"], "regress": [1.0, 3.0], "multilabel": ["a,b", "b"], "seq2seq": ["x y", "y z"],
-              "mlm": [None, None]}
+              "mlm": [None, None], "qa": []}
     cfg = OmegaConf.structured(spec.schema)
     tokenizer = train_tokenizer(["x y z"] * 10, TokenizerConfig(vocab_size=40, min_frequency=1), spec.specials)
     return build_task(cfg, spec.natural_loss, spec.fit_state(values[name], cfg, None, "made up", tokenizer))

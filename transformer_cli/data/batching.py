@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,11 +45,31 @@ class Batch:
 
 
 @dataclass
+class Encoded:
+    """Some data rows encoded by a task (Task.encode): model inputs end to end, their targets, and what evaluating
+    or predicting them needs beyond ids and targets. A row may give several inputs (question answering: one per
+    window of a long context)."""
+
+    flat: np.ndarray  # (total,) int32 ids of every input, end to end
+    lengths: np.ndarray  # (n,) int64 length of each input
+    targets: Tensor | list[np.ndarray]  # (n, ...) values, or one int32 array per input
+    side: list[Any] | None = None  # JSON values the task's metrics and predictions read (None: nothing)
+
+    def split(self) -> "EncodedSplit":
+        """These inputs as a split held in memory."""
+        offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=offsets[1:])
+        return EncodedSplit(Ragged(self.flat, offsets), self.targets, self.side)
+
+
+@dataclass
 class EncodedSplit:
-    """A tokenized split: one id array per example (a list, or a memory-mapped Ragged) and the encoded targets."""
+    """A tokenized split: one id array per example (a list, or a memory-mapped Ragged), the encoded targets, and
+    the task's side records (what its metrics need beyond ids and targets, e.g. contexts and reference answers)."""
 
     ids: Sequence[np.ndarray] | Ragged
     targets: Tensor | Sequence[np.ndarray] | Ragged  # (N, ...) values, or one id array per example (seq2seq)
+    side: Sequence[Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.ids, Ragged):  # (N,) from the offsets alone: no example is read

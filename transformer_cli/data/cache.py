@@ -2,17 +2,20 @@
 
 An entry is a folder named by the hash of everything its contents depend on: the data files' contents,
 the data, tokenizer and task settings, and the tokenizer given by a resumed run or a pretrained model.
-It holds the tokenizer and task state learned on train, and per split the ids (a Ragged) and the encoded
-targets. It is written in a temporary folder and renamed into place when complete, so a folder with that
-name is always whole; an interrupted write leaves only a temporary folder, removed by the next write.
+It holds the tokenizer and task state learned on train, and per split the ids (a Ragged), the encoded
+targets and, for a task that has them, its side records (JSON Lines, read when first used). It is written
+in a temporary folder and renamed into place when complete, so a folder with that name is always whole;
+an interrupted write leaves only a temporary folder, removed by the next write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from transformer_cli.data.batching import EncodedSplit
+from transformer_cli.data.batching import Encoded, EncodedSplit
 from transformer_cli.data.builtin import default_cache_dir
 from transformer_cli.data.loading import require_file
 from transformer_cli.data.ragged import Ragged, RaggedWriter, open_ragged
@@ -117,10 +120,16 @@ class SplitWriter:
         self.ids = RaggedWriter(folder / name, id_dtype)
         self.tensors: list[np.ndarray] = []  # per-example targets are small: kept until close
         self.sequences: RaggedWriter | None = None  # seq2seq targets: ids written like the inputs
+        self.side: Any = None  # the side records' file, opened by the first chunk that has any
 
-    def append(self, flat: np.ndarray, lengths: np.ndarray, targets: Tensor | list[np.ndarray]) -> None:
-        """Add a chunk: its ids end to end (total,), their lengths (n,), and its n encoded targets."""
-        self.ids.append(flat, lengths)
+    def append(self, encoded: Encoded) -> None:
+        """Add a chunk: its ids end to end (total,), their lengths (n,), its n encoded targets, its side records."""
+        self.ids.append(encoded.flat, encoded.lengths)
+        if encoded.side is not None:
+            if self.side is None:
+                self.side = open(self.folder / f"{self.name}.side.jsonl", "w", encoding="utf-8")
+            self.side.writelines(dumps(record, indent=None) + "\n" for record in encoded.side)
+        targets = encoded.targets
         if isinstance(targets, Tensor):
             self.tensors.append(targets.numpy())
             return
@@ -131,11 +140,17 @@ class SplitWriter:
     def close(self) -> dict[str, Any]:
         """Finish the files; the split's manifest record."""
         rows = self.ids.close()
+        side = {}
+        if self.side is not None:
+            self.side.flush()
+            os.fsync(self.side.fileno())
+            self.side.close()
+            side = {"side": True}  # only then: the manifests of tasks without side records stay as they were
         if self.sequences is not None:
             self.sequences.close()
-            return {"rows": rows, "ids": self.ids.dtype.name, "targets": "sequences"}
+            return {"rows": rows, "ids": self.ids.dtype.name, "targets": "sequences", **side}
         np.save(self.folder / f"{self.name}.targets.npy", np.concatenate(self.tensors))
-        return {"rows": rows, "ids": self.ids.dtype.name, "targets": "tensor"}
+        return {"rows": rows, "ids": self.ids.dtype.name, "targets": "tensor", **side}
 
 
 def open_split(folder: Path, name: str, record: dict[str, Any]) -> EncodedSplit:
@@ -146,7 +161,28 @@ def open_split(folder: Path, name: str, record: dict[str, Any]) -> EncodedSplit:
         targets = open_ragged(folder / f"{name}.targets", "int32")
     else:
         targets = torch.from_numpy(np.load(folder / f"{name}.targets.npy"))
-    return EncodedSplit(ids, targets)
+    side = SideRecords(folder / f"{name}.side.jsonl") if record.get("side") else None
+    return EncodedSplit(ids, targets, side)
+
+
+class SideRecords(Sequence):
+    """A split's side records, read from their JSON Lines file when first used (a training split's are not)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._records: list[Any] | None = None
+
+    def _all(self) -> list[Any]:
+        if self._records is None:
+            with self.path.open(encoding="utf-8") as f:
+                self._records = [json.loads(line) for line in f]
+        return self._records
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._all()[i]
 
 
 def write_manifest(folder: Path, splits: dict[str, dict[str, Any]], key: str) -> None:

@@ -236,6 +236,9 @@ def _read_file(path: Path, fmt: str, split: str) -> tuple[Any, Where, np.ndarray
     if path.stat().st_size == 0:
         raise TformerError(f"the {split} file {path} is empty")
     builder = file_format(path, fmt)
+    squad = _squad_document(path) if builder == "json" and _extension(path) == ".json" else None
+    if squad is not None:  # SQuAD's nested layout: one row per question
+        return squad, Where(split=split, source=str(path)), None
     kwargs: dict[str, Any] = {}
     if builder == "csv":
         # Only empty cells are missing: a text that reads "NA" or "null" stays text.
@@ -254,6 +257,35 @@ def _read_file(path: Path, fmt: str, split: str) -> tuple[Any, Where, np.ndarray
     if builder == "text":  # one text per line; blank lines are skipped, rows keep their line numbers
         return _nonblank_lines(table, path, split)
     return table, Where(split=split, source=str(path)), None
+
+
+def _squad_document(path: Path) -> Any:
+    """A SQuAD-format JSON file ({"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}) as a table of
+    id, title, question, context and answers (JSON); None when the file is not one JSON object (JSON Lines). A
+    single JSON object of another layout is an error naming what it lacks."""
+    import datasets
+
+    from transformer_cli.data.builtin.squad import flatten
+
+    try:
+        with path.open(encoding="utf-8") as f:
+            document = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # JSON Lines, or a broken file: the json reader names the bad line
+    if not isinstance(document, dict):
+        return None
+    layout = 'a SQuAD-format JSON file is {"data": [{"title": ..., "paragraphs": [{"context": ..., "qas": [{"id": ' \
+             '..., "question": ..., "answers": [{"text": ..., "answer_start": ...}]}]}]}]}'
+    try:
+        rows = flatten(document)
+    except (KeyError, TypeError) as err:
+        raise TformerError(f"{path} is one JSON object but not in SQuAD's layout (missing {err}); its keys: "
+                           f"{', '.join(map(str, document))[:200]}",
+                           hint=f"{layout}; or give JSON Lines, one object per line with the data's columns "
+                                "(question, context, answers)") from err
+    if not rows:
+        raise TformerError(f"{path} holds no questions", hint=layout)
+    return datasets.Dataset.from_list(rows)
 
 
 def _nonblank_lines(table: Any, path: Path, split: str) -> tuple[Any, Where, np.ndarray]:

@@ -24,8 +24,8 @@ from transformer_cli.losses.regression import (
 
 LOSSES: dict[str, LossSpec] = {
     "ce": LossSpec(
-        CrossEntropyConfig, build_cross_entropy, ("index",),
-        "cross-entropy over classes; label smoothing, class weights, ignore_index",
+        CrossEntropyConfig, build_cross_entropy, ("index", "span"),
+        "cross-entropy over classes (or over positions: qa spans); label smoothing, class weights, ignore_index",
     ),
     "focal": LossSpec(
         FocalConfig, build_focal, ("index",),

@@ -13,7 +13,11 @@ from torch import Tensor
 #   "binary":     outputs (N,) logits,   targets (N,) float in {0, 1}
 #   "multilabel": outputs (N, L) logits, targets (N, L) float in {0, 1}
 #   "real":       outputs (N,) or (N, K) real values, targets of the same shape, float
-TARGET_KINDS = ("index", "binary", "multilabel", "real")
+#   "span":       outputs (N, T) logits over the positions of a sequence, those that cannot be the target already
+#                 at the most negative float; targets (N,) int64 positions (question answering's start and end).
+#                 Class weights and label smoothing do not apply (there are no classes; smoothing would put mass
+#                 on the excluded positions): validate.py refuses them.
+TARGET_KINDS = ("index", "binary", "multilabel", "real", "span")
 
 
 @dataclass

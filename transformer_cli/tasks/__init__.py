@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from transformer_cli.data.tokenize import MASK
 from transformer_cli.errors import TformerError, choose
 from transformer_cli.losses import LOSSES
-from transformer_cli.tasks import classify, mlm, multilabel, regress, seq2seq
+from transformer_cli.tasks import classify, mlm, multilabel, qa, regress, seq2seq
 from transformer_cli.tasks.protocol import Task
 
 
@@ -64,6 +64,11 @@ TASKS: dict[str, TaskSpec] = {
         mlm.MLMConfig, mlm.MLMTask.fit_state, mlm.MLMTask, ("index",), "ce", mlm.METRICS, "perplexity",
         "masked-language modelling on unlabelled text (pretraining, or adapting a pretrained encoder)",
         reads_labels=False, specials=(MASK,), state=mlm.STATE,
+    ),
+    "qa": TaskSpec(
+        qa.QAConfig, qa.QATask.fit_state, qa.QATask, ("span",), "ce", qa.METRICS, "f1",
+        "extractive question answering: the answer as a span of the context (SQuAD), long contexts in windows",
+        state=qa.STATE,
     ),
 }
 

@@ -10,12 +10,15 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from transformer_cli.data.batching import Batch
+from transformer_cli.data.batching import Batch, Encoded
 from transformer_cli.errors import TformerError
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import ClassificationMetrics
 from transformer_cli.model import SequenceModel
 from transformer_cli.tasks.common import (
+    Rows,
+    encode_rows,
+    one_per_row,
     Where,
     check_label_set,
     is_missing,
@@ -82,6 +85,10 @@ class ClassifyTask:
         """The encoder and a classification head."""
         return sequence_model(model_cfg, vocab_size, self.num_outputs, self.cfg, squeeze=self.loss_kind == "binary")
 
+    def encode(self, rows: Rows, tokenizer: Tokenizer, labelled: bool = True) -> Encoded:
+        """One input per row and its target (see encode_targets)."""
+        return encode_rows(rows, tokenizer, labelled, self.encode_targets)
+
     def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
         """Label values -> (N,) int64 class indices; an unknown or missing label is an error."""
         out = torch.empty(len(values), dtype=torch.int64)
@@ -120,7 +127,7 @@ class ClassifyTask:
             return (outputs > 0).long()
         return outputs.argmax(-1)
 
-    def new_metrics(self) -> ClassificationMetrics:
+    def new_metrics(self, side: Sequence[Any] | None = None) -> ClassificationMetrics:
         """Fresh streaming metrics."""
         return ClassificationMetrics(len(self.labels), self.labels)
 
@@ -145,6 +152,10 @@ class ClassifyTask:
                 record["top_k"] = top
             records.append(record)
         return records
+
+    def merge_predictions(self, records: list[dict[str, Any]], encoded: Encoded) -> list[dict[str, Any]]:
+        """One input per row: the records as they are."""
+        return one_per_row(records, encoded)
 
     def readout(self) -> Readout:
         """Exported outputs: the logits and the class probabilities."""

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
+import torch
+from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from transformer_cli.data.batching import Batch
+from transformer_cli.data.batching import Batch, Encoded
+from transformer_cli.data.tokenize import encode_flat
 from transformer_cli.errors import TformerError
 from transformer_cli.heads import SequenceHead
 from transformer_cli.model import Encoder, SequenceModel
@@ -29,6 +32,29 @@ class Where:
     def at(self, i: int) -> str:
         """A human description of value i's location."""
         return f"row {self.row(i)} of the {self.split} split ({self.source})"
+
+
+class Rows(Protocol):
+    """Data rows as a task encodes them (data/loading.py's RawSplit): texts, pair texts, labels, where from."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[Any]
+    where: Where
+
+
+def encode_rows(rows: Rows, tokenizer: Tokenizer, labelled: bool,
+                encode_targets: Callable[[Sequence[Any], Where], Any]) -> Encoded:
+    """One input per row (the text, or the text pair, framed and truncated by the tokenizer) and its target:
+    `encode_targets` of the labels, or zeros for texts to predict; no side records."""
+    flat, lengths = encode_flat(tokenizer, rows.texts, rows.pairs)
+    targets = encode_targets(rows.labels, rows.where) if labelled else torch.zeros(len(rows.texts))
+    return Encoded(flat, lengths, targets)
+
+
+def one_per_row(records: list[dict[str, Any]], encoded: Encoded) -> list[dict[str, Any]]:
+    """Prediction records of tasks that encode each row as one input: already one per row."""
+    return records
 
 
 def is_missing(value: Any) -> bool:

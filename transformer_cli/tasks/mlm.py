@@ -16,12 +16,12 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from transformer_cli.data.batching import Batch
+from transformer_cli.data.batching import Batch, Encoded
 from transformer_cli.errors import TformerError
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics.tokens import TokenMetrics
 from transformer_cli.model import Encoder, MaskedLMModel
-from transformer_cli.tasks.common import Where
+from transformer_cli.tasks.common import Rows, Where, encode_rows, one_per_row
 
 IGNORE = -100  # label of positions that are not predicted; the loss's ignore_index must be this value
 MASK_TOKENS = ("[MASK]", "<mask>")  # tformer's own vocabulary, and BERT's / RoBERTa's
@@ -85,6 +85,10 @@ class MLMTask:
         """The encoder and a token head tied to its embeddings."""
         return MaskedLMModel(Encoder(vocab_size, model_cfg), model_cfg.norm_eps)
 
+    def encode(self, rows: Rows, tokenizer: Tokenizer, labelled: bool = True) -> Encoded:
+        """One input per row and its target (see encode_targets)."""
+        return encode_rows(rows, tokenizer, labelled, self.encode_targets)
+
     def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
         """No labels: the text is its own target. (N,) zeros, so batches carry something."""
         return torch.zeros(len(values), dtype=torch.long)
@@ -123,7 +127,7 @@ class MLMTask:
         logits, labels = outputs
         return logits.float(), labels
 
-    def new_metrics(self) -> TokenMetrics:
+    def new_metrics(self, side: Sequence[Any] | None = None) -> TokenMetrics:
         """Accuracy and perplexity on the hidden tokens."""
         return TokenMetrics()
 
@@ -145,6 +149,10 @@ class MLMTask:
                    for p, i in zip(best.values[k].tolist(), best.indices[k].tolist())]
             records[row]["masks"].append({"position": col, "top_k": top})
         return records
+
+    def merge_predictions(self, records: list[dict[str, Any]], encoded: Encoded) -> list[dict[str, Any]]:
+        """One input per row: the records as they are."""
+        return one_per_row(records, encoded)
 
     def readout(self) -> None:
         """A fill-mask model is used through predict (or as the start of another task), not exported."""

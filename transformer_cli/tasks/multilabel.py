@@ -10,12 +10,15 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from transformer_cli.data.batching import Batch
+from transformer_cli.data.batching import Batch, Encoded
 from transformer_cli.errors import TformerError
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import MultiLabelMetrics
 from transformer_cli.model import SequenceModel
 from transformer_cli.tasks.common import (
+    Rows,
+    encode_rows,
+    one_per_row,
     Where,
     check_label_set,
     is_missing,
@@ -85,6 +88,10 @@ class MultiLabelTask:
         """The encoder and one logit per label."""
         return sequence_model(model_cfg, vocab_size, len(self.labels), self.cfg, squeeze=False)
 
+    def encode(self, rows: Rows, tokenizer: Tokenizer, labelled: bool = True) -> Encoded:
+        """One input per row and its target (see encode_targets)."""
+        return encode_rows(rows, tokenizer, labelled, self.encode_targets)
+
     def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
         """Label cells -> (N, L) float 0/1; an unknown label is an error."""
         out = torch.zeros(len(values), len(self.labels))
@@ -116,7 +123,7 @@ class MultiLabelTask:
         """(B, L) 0/1 decisions."""
         return (self.probabilities(outputs) > self.cfg.threshold).long()
 
-    def new_metrics(self) -> MultiLabelMetrics:
+    def new_metrics(self, side: Sequence[Any] | None = None) -> MultiLabelMetrics:
         """Fresh streaming metrics."""
         return MultiLabelMetrics(len(self.labels), self.labels)
 
@@ -141,6 +148,10 @@ class MultiLabelTask:
                 record["top_k"] = top
             records.append(record)
         return records
+
+    def merge_predictions(self, records: list[dict[str, Any]], encoded: Encoded) -> list[dict[str, Any]]:
+        """One input per row: the records as they are."""
+        return one_per_row(records, encoded)
 
     def readout(self) -> Readout:
         """Exported outputs: the logits and the independent label probabilities."""

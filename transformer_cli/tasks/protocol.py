@@ -1,7 +1,7 @@
 """The task contract: everything the loop, run, eval, predict, export and plan may ask of a task.
 
-A task is one kind of problem (classify, regress, ...). It turns data-file values into targets, builds the
-model for its outputs, feeds batches to that model, says what the loss sees, keeps its metrics, writes
+A task is one kind of problem (classify, regress, ...). It encodes data rows into model inputs and targets,
+builds the model for its outputs, feeds batches to that model, says what the loss sees, keeps its metrics, writes
 prediction records and names what an export returns. Nothing outside tasks/ looks inside a task or asks
 it anything not listed here; a task file implements every method (no base class).
 """
@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from transformer_cli.data.batching import Batch
+from transformer_cli.data.batching import Batch, Encoded
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import Metrics
-from transformer_cli.tasks.common import Where
+from transformer_cli.tasks.common import Rows
 
 Targets = Tensor | list[np.ndarray]  # (N, ...) values, or one id array per example (generated text)
 
@@ -40,8 +41,11 @@ class Task(Protocol):
         """The whole model for this task's outputs (an encoder and head, or an encoder-decoder)."""
         ...
 
-    def encode_targets(self, values: Sequence[Any], where: Where) -> Targets:
-        """Data-file values -> targets; a value the task cannot take is an error naming its row."""
+    def encode(self, rows: Rows, tokenizer: Tokenizer, labelled: bool = True) -> Encoded:
+        """Data rows -> model inputs (one per row, or several: windows of a long context), their targets (zeros
+        when not `labelled`: texts to predict) and the side records its metrics and predictions read. The loop,
+        eval, predict and the tokenized cache all encode through here; a value the task cannot take is an error
+        naming its row."""
         ...
 
     def loss_context(self, targets: Targets) -> LossContext:
@@ -56,8 +60,8 @@ class Task(Protocol):
         """(outputs, targets) as the loss of `loss_kind` expects them."""
         ...
 
-    def new_metrics(self) -> Metrics:
-        """Fresh streaming metrics for one evaluation."""
+    def new_metrics(self, side: Sequence[Any] | None = None) -> Metrics:
+        """Fresh streaming metrics for one evaluation of a split whose side records (Encoded.side) are `side`."""
         ...
 
     def observe(self, metrics: Metrics, model: nn.Module, batch: Batch, outputs: Any) -> None:
@@ -66,6 +70,11 @@ class Task(Protocol):
 
     def predict(self, model: nn.Module, batch: Batch, top_k: int) -> list[dict[str, Any]]:
         """One prediction record per example of a batch (labels and probabilities, a value, or text)."""
+        ...
+
+    def merge_predictions(self, records: list[dict[str, Any]], encoded: Encoded) -> list[dict[str, Any]]:
+        """One record per data row, in row order, from predict's records of `encoded`'s inputs (in input order):
+        the records themselves when each row is one input."""
         ...
 
     def readout(self) -> Readout | None:

@@ -10,12 +10,12 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from transformer_cli.data.batching import Batch
+from transformer_cli.data.batching import Batch, Encoded
 from transformer_cli.errors import TformerError
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import RegressionMetrics
 from transformer_cli.model import SequenceModel
-from transformer_cli.tasks.common import Where, sequence_forward, sequence_model
+from transformer_cli.tasks.common import Rows, Where, encode_rows, one_per_row, sequence_forward, sequence_model
 from transformer_cli.tasks.protocol import Readout
 
 # Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
@@ -61,6 +61,10 @@ class RegressTask:
         """The encoder and a one-output head."""
         return sequence_model(model_cfg, vocab_size, 1, self.cfg, squeeze=True)
 
+    def encode(self, rows: Rows, tokenizer: Tokenizer, labelled: bool = True) -> Encoded:
+        """One input per row and its target (see encode_targets)."""
+        return encode_rows(rows, tokenizer, labelled, self.encode_targets)
+
     def encode_targets(self, values: Sequence[Any], where: Where) -> Tensor:
         """Values -> (N,) float32 standardised targets; a missing, non-numeric or non-finite value is an error."""
         out = torch.empty(len(values), dtype=torch.float64)
@@ -90,7 +94,7 @@ class RegressTask:
         """Standardised values -> the targets' own scale, in float64."""
         return values.double() * self.std + self.mean
 
-    def new_metrics(self) -> RegressionMetrics:
+    def new_metrics(self, side: Sequence[Any] | None = None) -> RegressionMetrics:
         """Fresh streaming metrics."""
         return RegressionMetrics()
 
@@ -105,6 +109,10 @@ class RegressTask:
     def records(self, outputs: Tensor, top_k: int) -> list[dict[str, Any]]:
         """Prediction records from raw outputs (see predict)."""
         return [{"value": value} for value in self.original_scale(outputs).cpu().tolist()]
+
+    def merge_predictions(self, records: list[dict[str, Any]], encoded: Encoded) -> list[dict[str, Any]]:
+        """One input per row: the records as they are."""
+        return one_per_row(records, encoded)
 
     def readout(self) -> Readout:
         """Exported output: the prediction on the original target scale (the un-scaling is in the graph)."""

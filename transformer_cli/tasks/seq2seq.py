@@ -15,14 +15,14 @@ from tokenizers import Tokenizer, processors
 from torch import Tensor, nn
 
 from transformer_cli.config import TokenizerConfig
-from transformer_cli.data.batching import Batch
+from transformer_cli.data.batching import Batch, Encoded
 from transformer_cli.data.tokenize import BOS, EOS, PAD_ID, train_tokenizer
 from transformer_cli.decoding import Hypothesis, beam_search, greedy
 from transformer_cli.errors import TformerError
 from transformer_cli.losses.base import LossContext
 from transformer_cli.metrics import Seq2SeqMetrics
 from transformer_cli.model import Seq2SeqModel
-from transformer_cli.tasks.common import Where, is_missing
+from transformer_cli.tasks.common import Rows, Where, encode_rows, is_missing, one_per_row
 
 IGNORE = -100  # label of padding positions; the loss's ignore_index must be this value
 # Validation metrics and whether higher ("max") or lower ("min") is better; any of them can be monitored.
@@ -91,6 +91,10 @@ class Seq2SeqTask:
         """The encoder-decoder: source vocabulary in, target vocabulary out."""
         return Seq2SeqModel(vocab_size, self.vocab_size, model_cfg)
 
+    def encode(self, rows: Rows, tokenizer: Tokenizer, labelled: bool = True) -> Encoded:
+        """One input per row and its target (see encode_targets)."""
+        return encode_rows(rows, tokenizer, labelled, self.encode_targets)
+
     def encode_targets(self, values: Sequence[Any], where: Where) -> list[np.ndarray]:
         """Target texts -> one [BOS] ... [EOS] id array per example; a missing target is an error."""
         for i, v in enumerate(values):
@@ -111,7 +115,7 @@ class Seq2SeqTask:
         """The target vocabulary size (class weights over tokens are not counted)."""
         return LossContext(num_outputs=self.vocab_size)
 
-    def new_metrics(self) -> Seq2SeqMetrics:
+    def new_metrics(self, side: Sequence[Any] | None = None) -> Seq2SeqMetrics:
         """Fresh token and text metrics."""
         return Seq2SeqMetrics()
 
@@ -159,6 +163,10 @@ class Seq2SeqTask:
         hyps = self.generate(model, batch.input_ids, batch.mask, self.cfg.beam_size)
         return [{"text": self.decode(h.tokens), "score": h.score,
                  "score_per_token": h.score / max(1, len(h.tokens) + 1)} for h in hyps]
+
+    def merge_predictions(self, records: list[dict[str, Any]], encoded: Encoded) -> list[dict[str, Any]]:
+        """One input per row: the records as they are."""
+        return one_per_row(records, encoded)
 
     def readout(self) -> None:
         """Generation is a loop over decoder steps, not one forward pass: no single-graph export."""

@@ -140,7 +140,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
 def test_builtin_table_is_consistent() -> None:
     for name, ds in BUILTIN.items():
         assert isinstance(ds, BuiltinDataset) and ds.name == name
-        assert ds.task in ("classify", "regress", "seq2seq") and ds.downloader in fetch.DOWNLOADERS
+        assert ds.task in ("classify", "regress", "seq2seq", "qa") and ds.downloader in fetch.DOWNLOADERS
         assert all(len(p.sha256) == 64 for p in ds.pinned) and len(ds.sha256) == (0 if ds.parts else 64)
         if ds.downloader == "pip":
             assert ds.package.split("==")[1] in ds.archive

@@ -72,7 +72,7 @@ def test_every_entry_is_well_formed() -> None:
 def test_targets_per_loss() -> None:
     kinds = {name: spec.targets for name, spec in LOSSES.items()}
     assert kinds == {
-        "ce": ("index",), "focal": ("index",), "bce": ("binary", "multilabel"),
+        "ce": ("index", "span"), "focal": ("index",), "bce": ("binary", "multilabel"),
         "mse": ("real",), "l1": ("real",), "huber": ("real",), "smooth_l1": ("real",), "log_cosh": ("real",),
     }
 

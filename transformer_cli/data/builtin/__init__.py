@@ -31,6 +31,7 @@ from transformer_cli.data.builtin.prepare import (
 )
 from transformer_cli.data.builtin.rotten_tomatoes import ROTTEN_TOMATOES
 from transformer_cli.data.builtin.spec import BuiltinDataset, Part, Row
+from transformer_cli.data.builtin.squad import SQUAD
 from transformer_cli.data.builtin.vader import VADER
 from transformer_cli.errors import TformerError
 from transformer_cli.files import read_json_object, sha256_file, write_json
@@ -49,6 +50,7 @@ BUILTIN: dict[str, BuiltinDataset] = {
     "cmudict": CMUDICT,
     "kjv_rv1909": KJV_RV1909,
     "debian_descriptions": DEBIAN_DESCRIPTIONS,
+    "squad": SQUAD,
 }
 
 

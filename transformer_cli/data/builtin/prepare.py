@@ -33,12 +33,10 @@ _ENTITY = re.compile(r"&(?:[A-Za-z]+|#[0-9]+|#[xX][0-9A-Fa-f]+);")
 
 
 def prepare_into(ds: BuiltinDataset, archive: Path, final: Path) -> None:
-    """Extract, clean, dedupe and split the archive, then publish the folder atomically."""
+    """Extract the archive; clean, dedupe and split its rows by hash (or by the dataset's own splits); publish
+    the folder atomically."""
     raw = ds.extract(archive)
-    rows = _ordered(_dedupe(_cleaned(raw, ds), ds), ds)
-    splits: dict[str, list[Row]] = {split: [] for split in SPLITS}
-    for row in rows:
-        splits[ds.split(row) if ds.split else split_of(row[ds.text_column])].append(row)
+    splits = ds.splits(list(raw)) if ds.splits is not None else _hash_splits(raw, ds)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
@@ -49,6 +47,14 @@ def prepare_into(ds: BuiltinDataset, archive: Path, final: Path) -> None:
         _publish(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hash_splits(raw: list[Row], ds: BuiltinDataset) -> dict[str, list[Row]]:
+    """Clean, dedupe and order the rows, and split them by the dataset's row rule or the hash of their text."""
+    splits: dict[str, list[Row]] = {split: [] for split in SPLITS}
+    for row in _ordered(_dedupe(_cleaned(raw, ds), ds), ds):
+        splits[ds.split(row) if ds.split else split_of(row[ds.text_column])].append(row)
+    return splits
 
 
 def is_complete(folder: Path) -> bool:
@@ -174,8 +180,7 @@ def _meta(ds: BuiltinDataset, raw_count: int, splits: dict[str, list[Row]]) -> d
         "layout": LAYOUT_VERSION,
         "text_column": ds.text_column,
         "label_column": ds.label_column,
-        "split_rule": "the dataset's own (see notes)" if ds.split else
-        "sha1(casefolded text, punctuation and spacing removed) % 10: 0-7 train, 8 validation, 9 test",
+        "split_rule": "the dataset's own (see notes)" if ds.split else ds.split_rule,
         "raw_rows": raw_count,
         "rows_dropped_or_merged": raw_count - kept,
         "rows": {split: len(rows) for split, rows in splits.items()},
@@ -193,6 +198,9 @@ def _distribution(rows: list[Row], ds: BuiltinDataset) -> dict[str, float | int]
     """Label counts (classification), score mean/std/min/max (regression) or lengths (seq2seq) of a split."""
     if ds.task == "seq2seq":
         return _lengths(rows, ds)
+    if ds.task == "qa":
+        return {"questions": len(rows), "articles": len({r["title"] for r in rows}),
+                "paragraphs": len({r["context"] for r in rows})}
     values = [r[ds.label_column] for r in rows]
     if ds.task != "regress":
         return dict(sorted(Counter(values).items()))

