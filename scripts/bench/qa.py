@@ -37,6 +37,8 @@ SETTINGS = {"epochs": 2, "batch_size": 16, "lr": 1e-4, "warmup_ratio": 0.1, "wei
             "max_length": 256, "doc_stride": 64, "max_answer_length": 30, "n_best": 20}
 DIFFERENCES = ("tformer groups windows of similar length into batches (the loop: uniform shuffle, each batch "
                "padded to its longest)",
+               "tformer searches the n-best starts and ends among context tokens (run_qa: among all positions, "
+               "then drops those outside the context)",
                "tformer also writes checkpoints, metrics files, plots and a run card, and evaluates validation "
                "after each epoch (the loop: once, at the end)")
 
