@@ -21,7 +21,6 @@ import json
 import os
 import random
 import re
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scripts.bench.command import TFORMER, run, summary_of
+from scripts.bench.finetune import mean
 from scripts.bench.hf_qa import squad_scores
 
 # The preset's settings, passed to both sides (the tformer preset holds the same values).
@@ -158,13 +158,6 @@ def main(argv: list[str] | None = None) -> None:
     show(results, Console())
 
 
-def mean(values: list[float], digits: int = 1) -> str:
-    """Mean +- sample standard deviation."""
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} +- {statistics.stdev(values):.{digits}f}"
-
-
 def show(results: dict[str, Any], console: Console) -> None:
     """The comparison table and the differences that remain."""
     s, n = results["settings"], results["sizes"]
@@ -175,9 +168,9 @@ def show(results: dict[str, Any], console: Console) -> None:
         table.add_column(col, justify="right")
     for side, name in (("tformer", "tformer train"), ("hf", "transformers, plain loop")):
         runs = results["runs"][side]
-        table.add_row(name, mean([r["metrics"]["test"]["exact_match"] for r in runs]),
-                      mean([r["metrics"]["test"]["f1"] for r in runs]),
-                      mean([r["metrics"]["validation"]["f1"] for r in runs]),
+        table.add_row(name, mean([r["metrics"]["test"]["exact_match"] for r in runs], 1),
+                      mean([r["metrics"]["test"]["f1"] for r in runs], 1),
+                      mean([r["metrics"]["validation"]["f1"] for r in runs], 1),
                       mean([r["wall_seconds"] for r in runs], 0), mean([r["train_seconds"] for r in runs], 0))
     for name, scores in results["baselines"].items():
         table.add_row(f"baseline: {name}", f"{scores['exact_match']:.1f}", f"{scores['f1']:.1f}", "", "", "")
