@@ -19,8 +19,6 @@ import collections
 import json
 import math
 import random
-import re
-import string
 import time
 from typing import Any
 
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 
 from scripts.bench.hf_finetune import param_groups
+from transformer_cli.metrics.qa import best_over_references
 
 
 def read_jsonl(path: str, limit: int) -> list[dict[str, Any]]:
@@ -128,31 +127,12 @@ def predict_spans(model: Any, features: dict[str, list], rows: list[dict[str, An
     return answers
 
 
-def normalize_answer(s: str) -> str:
-    """The official SQuAD v1.1 normalisation: lower case, no punctuation, no articles, single spaces."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def f1_score(prediction: str, truth: str) -> float:
-    """The official script's token F1."""
-    p, t = normalize_answer(prediction).split(), normalize_answer(truth).split()
-    common = collections.Counter(p) & collections.Counter(t)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(p), same / len(t)
-    return 2 * precision * recall / (precision + recall)
-
-
 def squad_scores(predictions: list[str], rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Exact match and F1 in percent, each the maximum over the example's references."""
-    em = sum(max(float(normalize_answer(p) == normalize_answer(t)) for t in r["answers"]["text"])
-             for p, r in zip(predictions, rows))
-    f1 = sum(max(f1_score(p, t) for t in r["answers"]["text"]) for p, r in zip(predictions, rows))
-    return {"exact_match": 100 * em / len(rows), "f1": 100 * f1 / len(rows)}
+    """Exact match and F1 in percent, each the maximum over the example's references (the official SQuAD v1.1
+    definitions, as tformer scores its own side)."""
+    scores = [best_over_references(p, r["answers"]["text"]) for p, r in zip(predictions, rows)]
+    return {"exact_match": 100 * sum(em for em, _ in scores) / len(rows),
+            "f1": 100 * sum(f for _, f in scores) / len(rows)}
 
 
 def main() -> None:
