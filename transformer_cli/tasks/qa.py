@@ -117,7 +117,7 @@ class QATask:
         """(2B, T) start and end logits, positions outside the context (but [CLS]) at the most negative float,
         and their (2B,) target positions: rows alternate a window's start and its end."""
         B, T, _ = outputs.shape
-        allowed = context_mask(targets, T).clone()  # (B, T)
+        allowed = context_mask(targets, T)  # (B, T), a new tensor: safe to change
         allowed[:, 0] = True  # [CLS]: the target of a window without the answer
         logits = outputs.float().masked_fill(~allowed[..., None], torch.finfo(torch.float32).min)  # (B, T, 2)
         return logits.transpose(1, 2).reshape(2 * B, T), targets[:, :2].reshape(2 * B).long()
