@@ -27,24 +27,23 @@ class Stepper:
 
     def __init__(self, model: Seq2SeqModel, src: Tensor, mask: Tensor, use_cache: bool) -> None:
         self.model = model
-        self.memory_mask = mask
-        self.kvs = model.decoder.memory(model.encoder(src, mask))  # per layer (N, H, S, hs) keys and values
+        self.memory = model.encode(src, mask)  # encoder states, cross-attention keys and values, mask, ids
         self.caches: list[dict[str, Tensor]] | None = [{} for _ in model.decoder.layers] if use_cache else None
         self.fed = 0  # target positions already inside the caches
 
     def step(self, tokens: Tensor) -> Tensor:
         """(N, t) target prefixes -> (N, V) log-probabilities of the next token."""
         if self.caches is None:
-            hidden = self.model.decoder(tokens, self.kvs, self.memory_mask)[:, -1:]
+            hidden = self.model.decoder(tokens, self.memory.kvs, self.memory.mask)[:, -1:]
         else:
-            hidden = self.model.decoder(tokens[:, self.fed :], self.kvs, self.memory_mask, self.caches, self.fed)
+            hidden = self.model.decoder(tokens[:, self.fed :], self.memory.kvs, self.memory.mask, self.caches,
+                                        self.fed)
             self.fed = tokens.shape[1]
-        return torch.log_softmax(self.model.logits(hidden[:, -1]).float(), dim=-1)
+        return torch.log_softmax(self.model.scores(hidden[:, -1:], self.memory)[:, -1].float(), dim=-1)
 
     def select(self, index: Tensor) -> None:
         """Keep (and reorder, or repeat) the running sequences at `index` (N',)."""
-        self.memory_mask = self.memory_mask[index]
-        self.kvs = [(k[index], v[index]) for k, v in self.kvs]
+        self.memory = self.memory.index(index)
         self.reorder(index)
 
     def reorder(self, index: Tensor) -> None:

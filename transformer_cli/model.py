@@ -7,6 +7,7 @@ Masks are boolean with True on real tokens; padding keys are never attended to.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -281,20 +282,80 @@ class Decoder(nn.Module):
         return self.final_norm(x)
 
 
-class Seq2SeqModel(nn.Module):
-    """Encoder-decoder Transformer: source ids and shifted target ids in, (B, T, V) next-token logits out."""
+@dataclass
+class Memory:
+    """What the decoder reads of a batch of sources, computed once per batch (decoding reuses it every step)."""
 
-    def __init__(self, src_vocab: int, tgt_vocab: int, cfg: ModelConfig, pad_id: int = 0) -> None:
+    states: Tensor  # (B, S, D) encoder outputs
+    kvs: list[tuple[Tensor, Tensor]]  # per decoder layer: cross-attention keys and values, each (B, H, S, hs)
+    mask: Tensor  # (B, S) True on real source tokens
+    src_ids: Tensor  # (B, S) source token ids (what a copying model copies)
+    copy_keys: Tensor | None  # (B, S, D) keys of the copy attention; None when the model does not copy
+
+    def index(self, rows: Tensor) -> Memory:
+        """The memory of the sources at `rows` (N,), in that order (repeats allowed: beams)."""
+        return Memory(self.states[rows], [(k[rows], v[rows]) for k, v in self.kvs], self.mask[rows],
+                      self.src_ids[rows], None if self.copy_keys is None else self.copy_keys[rows])
+
+
+class CopyGenerator(nn.Module):
+    """Pointer-generator output (See et al., 2017): the vocabulary distribution mixed with an attention over the
+    source tokens, which puts probability on the source's own token ids; a gate per step sets the mix.
+
+    Needs one vocabulary for source and target. Returns log-probabilities: log-softmax of them is the identity,
+    so the cross-entropy loss and decoding's log-softmax apply unchanged."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(d_model, d_model)
+        self.gate = nn.Linear(2 * d_model, 1)
+        self.scale = d_model**-0.5
+
+    def keys(self, states: Tensor) -> Tensor:
+        """(B, S, D) encoder states -> (B, S, D) copy-attention keys (once per source)."""
+        return self.key(states)
+
+    def forward(self, logits: Tensor, hidden: Tensor, memory: Memory) -> Tensor:
+        """(B, T, V) vocabulary logits and (B, T, D) decoder states -> (B, T, V) log-probabilities."""
+        B, T, V = logits.shape
+        scores = self.query(hidden) @ memory.copy_keys.transpose(1, 2) * self.scale  # (B, T, S)
+        scores = scores.float().masked_fill(~memory.mask[:, None, :], float("-inf"))
+        attn = torch.softmax(scores, dim=-1)  # (B, T, S) over real source tokens
+        context = attn.to(memory.states.dtype) @ memory.states  # (B, T, D)
+        gate = self.gate(torch.cat([hidden, context], dim=-1)).float()  # (B, T, 1): logit of generating
+        ids = memory.src_ids[:, None, :].expand(B, T, -1)  # (B, T, S)
+        copied = torch.zeros(B, T, V, device=logits.device).scatter_add_(2, ids, attn)  # (B, T, V) probabilities
+        tiny = torch.finfo(torch.float32).tiny  # log(0) -> log(tiny): finite, and no gradient through it
+        return torch.logaddexp(F.logsigmoid(gate) + torch.log_softmax(logits.float(), dim=-1),
+                               F.logsigmoid(-gate) + copied.clamp_min(tiny).log())
+
+
+class Seq2SeqModel(nn.Module):
+    """Encoder-decoder Transformer: source ids and shifted target ids in, (B, T, V) next-token scores out.
+
+    The scores are logits, or log-probabilities when the model copies (both go through log-softmax)."""
+
+    def __init__(self, src_vocab: int, tgt_vocab: int, cfg: ModelConfig, pad_id: int = 0,
+                 shared_vocab: bool = False, copy: bool = False) -> None:
         super().__init__()
         self.encoder = Encoder(src_vocab, cfg)  # the source side may be a pretrained encoder with its own padding id
+        if shared_vocab:  # target ids are source ids: the decoder reads and writes the encoder's token table
+            tgt_vocab = self.encoder.embed.tokens.num_embeddings
         self.decoder = Decoder(tgt_vocab, cfg, pad_id)  # the target vocabulary is tformer's: [PAD] is pad_id
         self.apply_decoder_init(cfg, pad_id)
+        if shared_vocab:
+            self.decoder.embed.tokens = self.encoder.embed.tokens
+        tied = cfg.tie_embeddings or shared_vocab
         self.proj = nn.Linear(cfg.d_model, tgt_vocab, bias=False)
-        if cfg.tie_embeddings:
+        if tied:
             self.proj.weight = self.decoder.embed.tokens.weight
         else:
             nn.init.normal_(self.proj.weight, std=0.02)
-        self.scale_out = cfg.d_model**-0.5 if cfg.tie_embeddings else 1.0  # tied weights have unit scale
+        self.scale_out = cfg.d_model**-0.5 if tied else 1.0  # tied weights have unit scale
+        self.copy = CopyGenerator(cfg.d_model) if copy else None
+        if copy:
+            self.copy.apply(init_weights)
 
     def apply_decoder_init(self, cfg: ModelConfig, pad_id: int) -> None:
         """The encoder's initialisation, applied to the decoder."""
@@ -304,14 +365,20 @@ class Seq2SeqModel(nn.Module):
             self.decoder.embed.tokens.weight[pad_id].zero_()
 
     def forward(self, src_ids: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
-        """(B, S) source, (B, S) mask, (B, T) target input (BOS + target[:-1]) -> (B, T, V) logits."""
-        memory = self.encoder(src_ids, src_mask)
-        hidden = self.decoder(tgt_in, self.decoder.memory(memory), src_mask)
-        return self.logits(hidden)
+        """(B, S) source, (B, S) mask, (B, T) target input (BOS + target[:-1]) -> (B, T, V) scores."""
+        memory = self.encode(src_ids, src_mask)
+        return self.scores(self.decoder(tgt_in, memory.kvs, memory.mask), memory)
 
-    def logits(self, hidden: Tensor) -> Tensor:
-        """(B, T, D) decoder states -> (B, T, V) logits."""
-        return self.proj(hidden) * self.scale_out
+    def encode(self, src_ids: Tensor, src_mask: Tensor) -> Memory:
+        """(B, S) source ids and mask -> everything the decoder reads of them."""
+        states = self.encoder(src_ids, src_mask)  # (B, S, D)
+        keys = None if self.copy is None else self.copy.keys(states)
+        return Memory(states, self.decoder.memory(states), src_mask, src_ids, keys)
+
+    def scores(self, hidden: Tensor, memory: Memory) -> Tensor:
+        """(B, T, D) decoder states -> (B, T, V) next-token logits, or log-probabilities when copying."""
+        logits = self.proj(hidden) * self.scale_out
+        return logits if self.copy is None else self.copy(logits, hidden, memory)
 
 
 def init_weights(module: nn.Module) -> None:

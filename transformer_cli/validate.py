@@ -73,6 +73,9 @@ def check_train_config(cfg: DictConfig) -> None:
     if target_kind(cfg.task.name, cfg.loss.name) == "span":  # the loss fits the task
         _check_span_loss(cfg.loss)
     monitor_of(cfg.task.name, cfg.trainer.monitor)  # the monitored metric is one of the task's
+    if OmegaConf.select(cfg.task, "copy_attention", default=False) and not cfg.task.shared_vocab:
+        raise TformerError("task.copy_attention=true copies source tokens into the target, so both need one vocabulary",
+                           hint="add task.shared_vocab=true (the target side then uses the source tokenizer)")
     _check_pretrained(cfg)
     if cfg.model.source is None or cfg.model.d_model is not None:
         _check_model(cfg)

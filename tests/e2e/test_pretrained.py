@@ -170,10 +170,13 @@ def test_broken_directories_exit_2_naming_the_file(damage: str, tmp_path: Path, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("shared", [False, True], ids=["own-target-vocab", "shared-vocab-copy"])
 def test_a_seq2seq_encoder_starts_from_a_pretrained_one(tmp_path: Path, tiny_hf: Callable[..., Path],
-                                                       run_cli: Callable) -> None:
+                                                       run_cli: Callable, shared: bool) -> None:
     """task=seq2seq with model=pretrained: the encoder (and source tokenizer) are the pretrained ones, the
-    decoder and its target vocabulary are new; the checkpoint evaluates."""
+    decoder and its target vocabulary are new, or (shared) the targets use the pretrained tokenizer framed
+    [CLS] ... [SEP], the decoder reads and writes the pretrained token table and copies source tokens; the
+    checkpoint evaluates and predicts."""
     folder = tiny_hf("bert")
     pairs = [{"text": " ".join(ws), "label": " ".join(reversed(ws))}
              for ws in ([random.Random(i).choice(WORDS) for _ in range(4)] for i in range(120))]
@@ -182,14 +185,24 @@ def test_a_seq2seq_encoder_starts_from_a_pretrained_one(tmp_path: Path, tiny_hf:
         writer.writeheader()
         writer.writerows(pairs)
     run = tmp_path / "run"
+    vocab = ["task.shared_vocab=true", "task.copy_attention=true"] if shared else ["task.target_vocab_size=60",
+                                                                         "task.target_min_frequency=1"]
     ok(run_cli(["train", "task=seq2seq", "model=pretrained", f"model.path={folder}", "data=local",
-                f"data.train={tmp_path / 'pairs.csv'}", "task.target_vocab_size=60", "task.target_min_frequency=1",
+                f"data.train={tmp_path / 'pairs.csv'}", *vocab,
                 "trainer=debug", "trainer.max_steps=6", "trainer.eval_every=6", f"hydra.run.dir={run}"], tmp_path))
     from transformer_cli.restore import restore
 
     restored = restore(run)
     assert restored.config.model.family == "bert" and restored.config.data.tokenizer.kind == "pretrained"
     assert restored.tokenizer.get_vocab_size() == json.loads((folder / "config.json").read_text())["vocab_size"]
+    model = restored.model
+    assert (model.decoder.embed.tokens.weight is model.encoder.embed.tokens.weight) == shared
+    assert (model.copy is not None) == shared
+    ok(run_cli(["eval", f"ckpt={run}", "split=validation"], tmp_path))
+    (tmp_path / "in.txt").write_text("good bad fine\n")
+    proc = run_cli(["predict", f"ckpt={run}", f"input={tmp_path / 'in.txt'}"], tmp_path)
+    ok(proc)
+    assert len(proc.stdout.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Sequence-to-sequence: an encoder-decoder trained with teacher forcing, evaluated by decoding.
 
 The target side has its own subword vocabulary (trained on the training targets, stored in task.json
-as JSON). Targets are framed [BOS] target [EOS]; the decoder reads [BOS] target and predicts target [EOS].
+as JSON), or with task.shared_vocab the source tokenizer itself, so that the model can copy source tokens
+(task.copy_attention). Targets are framed [BOS] target [EOS]; the decoder reads [BOS] target and predicts target [EOS].
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from transformer_cli.config import TokenizerConfig
 from transformer_cli.data.batching import Batch, Encoded
-from transformer_cli.data.tokenize import BOS, EOS, PAD_ID, train_tokenizer
+from transformer_cli.data.tokenize import BOS, CLS, EOS, PAD_ID, SEP, train_tokenizer
 from transformer_cli.decoding import Hypothesis, beam_search, greedy
 from transformer_cli.errors import TformerError
 from transformer_cli.losses.base import LossContext
@@ -34,6 +35,9 @@ METRICS = {"loss": "min", "token_accuracy": "max", "perplexity": "min", "bleu": 
            "wer_single": "min", "per_single": "min"}  # the same, each (source, reference) row on its own
 # What task.json keeps (see state()), with its types: a checkpoint whose task.json differs is refused.
 STATE = {"target_tokenizer": str}
+# Start and end markers a target may be framed with, in order of preference: tformer's own, then BERT's
+# and RoBERTa's (a pretrained tokenizer shared with the source has no [BOS]/[EOS]).
+FRAMES = ((BOS, EOS), (CLS, SEP), ("<s>", "</s>"))
 
 
 @dataclass
@@ -54,6 +58,9 @@ class Seq2SeqConfig:
     max_len_b: int = 10
     no_repeat_ngram_size: int = 0  # forbid repeating any n-gram of this size (0 = off), greedy and beam
     min_length: int = 0  # a hypothesis cannot end before this many target tokens (EOS masked), greedy and beam
+    shared_vocab: bool = False  # targets use the source tokenizer, and the decoder the encoder's token table
+    #                             (input and output); target_vocab_size, _min_frequency and _lowercase then unused
+    copy_attention: bool = False  # pointer-generator: each step may copy a source token (needs shared_vocab)
 
 
 class Seq2SeqTask:
@@ -64,20 +71,25 @@ class Seq2SeqTask:
     def __init__(self, cfg: Any, loss_kind: str, state: dict[str, Any]) -> None:
         self.cfg = cfg
         try:
-            self.tokenizer = frame_target(Tokenizer.from_str(state["target_tokenizer"]), cfg.target_max_length)
+            tokenizer = Tokenizer.from_str(state["target_tokenizer"])
         except Exception as err:
             raise TformerError(f"cannot read the target tokenizer of this task: {err}") from err
-        self.bos, self.eos = self.tokenizer.token_to_id(BOS), self.tokenizer.token_to_id(EOS)
+        self.tokenizer, self.bos, self.eos = frame_target(tokenizer, cfg.target_max_length)
         self.decode_every: int = max(1, cfg.eval_decode_every)  # final_decoding() sets 1
         self.beam: int = cfg.eval_beam_size
 
     @staticmethod
     def fit_state(values: Sequence[Any], cfg: Any, fixed: list[str] | None, source: str,
                   tokenizer: Tokenizer | None = None) -> dict[str, Any]:
-        """Train the target vocabulary on the training targets."""
+        """Train the target vocabulary on the training targets (or take the source's, with shared_vocab)."""
         texts = [str(v) for v in values if not is_missing(v) and str(v).strip()]
         if not texts:
             raise TformerError(f"the training targets are all empty ({source})", hint="check data.label_column")
+        if cfg.shared_vocab:
+            if tokenizer is None:
+                raise TformerError("task.shared_vocab needs the source tokenizer, and none was given")
+            frame_target(Tokenizer.from_str(tokenizer.to_str()), cfg.target_max_length)  # refuses an unusable one
+            return {"target_tokenizer": tokenizer.to_str()}
         tok_cfg = TokenizerConfig(vocab_size=cfg.target_vocab_size, min_frequency=cfg.target_min_frequency,
                                   lowercase=cfg.target_lowercase, max_length=cfg.target_max_length)
         return {"target_tokenizer": train_tokenizer(texts, tok_cfg).to_str()}
@@ -88,8 +100,9 @@ class Seq2SeqTask:
         return self.tokenizer.get_vocab_size()
 
     def build_model(self, model_cfg: Any, vocab_size: int) -> Seq2SeqModel:
-        """The encoder-decoder: source vocabulary in, target vocabulary out."""
-        return Seq2SeqModel(vocab_size, self.vocab_size, model_cfg)
+        """The encoder-decoder: source vocabulary in, target vocabulary out (one table when shared)."""
+        return Seq2SeqModel(vocab_size, self.vocab_size, model_cfg, shared_vocab=self.cfg.shared_vocab,
+                            copy=self.cfg.copy_attention)
 
     def encode(self, rows: Rows, tokenizer: Tokenizer, labelled: bool = True) -> Encoded:
         """One input per row and its target (see encode_targets)."""
@@ -189,10 +202,21 @@ class Seq2SeqTask:
         return {"target_tokenizer": self.tokenizer.to_str()}
 
 
-def frame_target(tok: Tokenizer, max_length: int) -> Tokenizer:
-    """[BOS] target [EOS] framing and truncation."""
-    bos, eos = tok.token_to_id(BOS), tok.token_to_id(EOS)
-    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A {EOS}", special_tokens=[(BOS, bos), (EOS, eos)])
+def frame_target(tok: Tokenizer, max_length: int) -> tuple[Tokenizer, int, int]:
+    """[BOS] target [EOS] framing (or [CLS] ... [SEP], <s> ... </s>) and truncation; the tokenizer, BOS and EOS ids."""
+    if tok.id_to_token(PAD_ID) not in ("[PAD]", "<pad>"):
+        raise TformerError(f"the target tokenizer's padding token is not id {PAD_ID} (id {PAD_ID} is "
+                           f"{tok.id_to_token(PAD_ID)!r}), and target padding uses id {PAD_ID}",
+                           hint="use task.shared_vocab=false: the target side then gets its own vocabulary")
+    for start, end in FRAMES:
+        bos, eos = tok.token_to_id(start), tok.token_to_id(end)
+        if bos is not None and eos is not None:
+            break
+    else:
+        raise TformerError(f"the target tokenizer has no start and end tokens (any of {FRAMES})",
+                           hint="use task.shared_vocab=false: the target side then gets its own vocabulary")
+    tok.post_processor = processors.TemplateProcessing(single=f"{start} $A {end}",
+                                                       special_tokens=[(start, bos), (end, eos)])
     tok.enable_truncation(max_length=max_length)
     tok.no_padding()
-    return tok
+    return tok, bos, eos
