@@ -28,16 +28,17 @@ def _finite_numbers(tree: object) -> bool:
 
 @pytest.mark.slow
 def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
+    """One smoke run with every optional row: cheaper than one run per flag."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "scripts.bench", "--smoke", "--out", str(out)], cwd=repo,
+    proc = subprocess.run([sys.executable, "-m", "scripts.bench", "--smoke", "--what-if", "--out", str(out)], cwd=repo,
                           capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert {"meta", "matmul_peak", "contenders", "ratios", "padding", "memory", "sweep", "goals"} <= set(results)
     assert _finite_numbers(results)
     has_hf = "transformers" in results["meta"]["versions"]
-    default = {n: s for n, s in runner.CONTENDERS.items() if n not in runner.WHAT_IF}  # --what-if adds the rest
-    expected = set(default) if has_hf else {n for n, s in default.items() if not s.needs_hf}
+    expected = set(runner.CONTENDERS) if has_hf else {n for n, s in runner.CONTENDERS.items() if not s.needs_hf}
+    assert set(runner.WHAT_IF) <= expected  # --what-if adds every proposed change
     assert set(results["contenders"]) == expected
     if not has_hf:
         assert "Hugging Face rows skipped" in proc.stderr

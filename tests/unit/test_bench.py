@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from scripts.bench import report, runner
+from scripts.bench import report, runner, what_if
 from scripts.bench.contenders import EpochShape, Step
 from scripts.bench.flops import ModelShape, batch_flops, step_flops
 from scripts.bench.workload import padded_tokens, padding_fraction, representative
@@ -79,3 +80,25 @@ def test_goals_report_met_and_missed() -> None:
     assert goals["our MFU (real tokens) vs model-shape matmul peak"]["met"] is False
     assert goals["padding waste on rotten_tomatoes"]["met"] is True
     assert goals["parallel sweep: N jobs x 1 thread / N jobs x N threads"]["met"] is True
+
+
+def _tiny_classifier() -> torch.nn.Module:
+    """tformer's own first-token classifier, two small layers."""
+    from types import SimpleNamespace
+
+    from transformer_cli.config import ModelConfig
+    from transformer_cli.tasks.common import sequence_model
+
+    cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32)
+    return sequence_model(cfg, 50, 3, SimpleNamespace(pooling="cls", head_dropout=0.1), squeeze=False)
+
+
+@pytest.mark.parametrize("name", sorted(what_if.VARIANTS))
+def test_what_if_variants_swap_modules_and_keep_the_model_callable(name: str) -> None:
+    model = _tiny_classifier().train()
+    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = what_if.apply(what_if.VARIANTS[name], model, optimizer)
+    assert all("forward" not in vars(m) for m in model.modules())  # no module's forward replaced
+    ids, mask = torch.randint(1, 50, (2, 7)), torch.ones(2, 7, dtype=torch.bool)
+    model(ids, mask).sum().backward()  # the model still calls encoder(ids, mask, first)
+    optimizer.step()
