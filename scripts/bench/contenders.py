@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from transformer_cli.data.batching import Batch
@@ -88,11 +89,12 @@ def counter(work: Workload, pad_to: int | None) -> Callable[[np.ndarray], Count]
 
 
 class LoopContender:
-    """A plain training loop: `step_fn(batch)` on batches collated from fixed index samples."""
+    """A plain training loop: `step_fn(batch)` on batches collated from fixed index samples; `optimizer` is the
+    one step_fn updates (kept to show which optimizer a contender uses)."""
 
     def __init__(self, work: Workload, settings: Settings, step_fn: Callable[[Batch], None], bucket: bool,
-                 pad_to: int | None) -> None:
-        self.work, self.step_fn, self.pad_to = work, step_fn, pad_to
+                 pad_to: int | None, optimizer: torch.optim.Optimizer) -> None:
+        self.work, self.step_fn, self.pad_to, self.optimizer = work, step_fn, pad_to, optimizer
         self.count = counter(work, pad_to)
         self.lengths = work.split.lengths
         self.batches = epoch_batches(work, settings.batch_size, bucket, settings.seed)
@@ -121,6 +123,28 @@ class LoopContender:
             self.step_fn(self.work.collate(idx, self.pad_to))
 
 
+def no_decay(module: nn.Module, name: str) -> bool:
+    """tformer's weight-decay rule: none on biases (nn.MultiheadAttention's in_proj_bias too), norms and embeddings."""
+    return name.endswith("bias") or isinstance(module, (nn.LayerNorm, nn.Embedding))
+
+
+def decayed_names(model: nn.Module) -> set[str]:
+    """Names (as model.named_parameters gives them) of the parameters tformer's AdamW would decay; a weight
+    tied to an embedding is exempt, as in transformer_cli.optim.param_groups."""
+    exempt = {id(p) for module in model.modules() for name, p in module.named_parameters(recurse=False)
+              if no_decay(module, name)}
+    return {name for name, p in model.named_parameters() if id(p) not in exempt}
+
+
+def adamw_like_ours(model: nn.Module, optim: DictConfig) -> torch.optim.Optimizer:
+    """torch's fused AdamW with tformer's parameter groups and settings (`optim` is the composed optim config)."""
+    decay = decayed_names(model)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in params if n in decay], "weight_decay": optim.weight_decay},
+              {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.betas[0], optim.betas[1]), eps=optim.eps, fused=True)
+
+
 def ours(work: Workload, settings: Settings, bucket: bool = True, pad_to: int | None = None,
          changes: tuple[str, ...] = (), compile: bool = False) -> LoopContender:
     """tformer's training step exactly as `tformer train` takes it (fp32, the configured clip and schedule).
@@ -130,11 +154,11 @@ def ours(work: Workload, settings: Settings, bucket: bool = True, pad_to: int | 
     cfg = work.cfg
     model = work.task.build_model(cfg.model, work.vocab_size).train()  # as `tformer train` builds it
     loss_fn = build_loss(cfg.loss, work.loss_context)
-    optimizer = build_optimizer(cfg.optim, model)
     if changes:
         from .what_if import apply
 
-        optimizer = apply(changes, model, optimizer)
+        apply(changes, model)
+    optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_scheduler(cfg.schedule, optimizer, total_steps=10_000)
     precision = resolve_precision("fp32", torch.device("cpu"))
     scaler = precision.scaler()
@@ -144,7 +168,7 @@ def ours(work: Workload, settings: Settings, bucket: bool = True, pad_to: int | 
         train_step(trained, [batch], work.task, loss_fn, optimizer, scaler, precision, cfg.trainer.grad_clip)
         scheduler.step()
 
-    return LoopContender(work, settings, step, bucket, pad_to)
+    return LoopContender(work, settings, step, bucket, pad_to, optimizer)
 
 
 class TorchEncoderClassifier(nn.Module):
@@ -169,12 +193,12 @@ class TorchEncoderClassifier(nn.Module):
 
 
 def torch_encoder(work: Workload, settings: Settings) -> LoopContender:
-    """A plain loop over nn.TransformerEncoder on our batches: AdamW, the same clipping, cross-entropy."""
+    """A plain loop over nn.TransformerEncoder on our batches: our fused AdamW, the same clipping, cross-entropy."""
     cfg = work.cfg
     m = cfg.model
     model = TorchEncoderClassifier(work.vocab_size, m.d_model, m.n_layers, m.n_heads, m.d_ff, m.dropout,
                                    m.max_positions, work.task.num_outputs).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = adamw_like_ours(model, cfg.optim)
 
     def step(batch: Batch) -> None:
         F.cross_entropy(model(batch.input_ids, batch.mask), batch.targets).backward()
@@ -182,4 +206,4 @@ def torch_encoder(work: Workload, settings: Settings) -> LoopContender:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return LoopContender(work, settings, step, bucket=True, pad_to=None)
+    return LoopContender(work, settings, step, bucket=True, pad_to=None, optimizer=optimizer)

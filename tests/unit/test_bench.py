@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.bench import report, runner, what_if
+from scripts.bench import contenders as C
+from scripts.bench import hf, report, runner, what_if
 from scripts.bench.contenders import EpochShape, Step
 from scripts.bench.flops import ModelShape, batch_flops, step_flops
-from scripts.bench.workload import padded_tokens, padding_fraction, representative
+from scripts.bench.workload import MODES, Workload, load_workload, padded_tokens, padding_fraction, representative
 
 
 def test_step_flops_counts_matmuls_attention_and_head() -> None:
@@ -96,9 +97,64 @@ def _tiny_classifier() -> torch.nn.Module:
 @pytest.mark.parametrize("name", sorted(what_if.VARIANTS))
 def test_what_if_variants_swap_modules_and_keep_the_model_callable(name: str) -> None:
     model = _tiny_classifier().train()
+    what_if.apply(what_if.VARIANTS[name], model)
     optimizer = torch.optim.AdamW(model.parameters())
-    optimizer = what_if.apply(what_if.VARIANTS[name], model, optimizer)
     assert all("forward" not in vars(m) for m in model.modules())  # no module's forward replaced
     ids, mask = torch.randint(1, 50, (2, 7)), torch.ones(2, 7, dtype=torch.bool)
     model(ids, mask).sum().backward()  # the model still calls encoder(ids, mask, first)
     optimizer.step()
+
+
+def _groups(optimizer: torch.optim.Optimizer) -> dict[float, set[int]]:
+    """Parameter ids per weight decay, empty groups left out."""
+    out: dict[float, set[int]] = {}
+    for g in optimizer.param_groups:
+        if g["params"]:
+            out.setdefault(g["weight_decay"], set()).update(id(p) for p in g["params"])
+    return out
+
+
+def test_contenders_adamw_has_tformers_groups_and_the_fused_kernel() -> None:
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    from transformer_cli.optim import AdamWConfig, build_optimizer
+
+    model = _tiny_classifier()
+    cfg = AdamWConfig(weight_decay=0.05)
+    ours = build_optimizer(OmegaConf.structured(cfg), model)
+    theirs = C.adamw_like_ours(model, OmegaConf.create(asdict(cfg)))
+    assert _groups(theirs) == _groups(ours) and len(_groups(ours)) == 2
+    assert theirs.defaults["fused"] and ours.defaults["fused"]
+    assert {k: theirs.defaults[k] for k in ("lr", "betas", "eps")} == {k: ours.defaults[k] for k in ("lr", "betas", "eps")}
+
+
+def test_contenders_adamw_exempts_nn_multihead_attention_biases() -> None:
+    model = C.TorchEncoderClassifier(50, 16, 1, 2, 32, 0.1, 64, 3)
+    decayed = C.decayed_names(model)
+    assert "encoder.layers.0.self_attn.in_proj_weight" in decayed
+    assert not any(n.endswith("bias") or "norm" in n or n in ("tokens.weight", "positions.weight") for n in decayed)
+
+
+@pytest.fixture(scope="module")
+def smoke_work() -> Workload:
+    """The smoke mode's workload (200 Rotten Tomatoes texts, the tiny model)."""
+    return load_workload(MODES["smoke"])
+
+
+@pytest.mark.slow
+def test_every_pytorch_contender_steps_with_fused_adamw_and_tformers_groups(smoke_work: Workload) -> None:
+    settings = MODES["smoke"]
+    loops = {"torch_encoder": C.torch_encoder(smoke_work, settings)}
+    if hf.available() is None:
+        loops["hf_loop"] = hf.hf_loop(smoke_work, settings, bucket=True, pad_to=None)
+    for name, c in loops.items():
+        assert c.optimizer.defaults["fused"], name
+        assert _groups(c.optimizer).keys() == {smoke_work.cfg.optim.weight_decay, 0.0}, name
+    if hf.available() is None:
+        trainer = hf.trainer_classify(smoke_work, settings, grouped=True).trainer
+        optimizer = trainer.create_optimizer()
+        assert optimizer.defaults["fused"] and trainer.args.optim == "adamw_torch_fused"
+        decayed = {id(p) for n, p in trainer.model.named_parameters() if n in C.decayed_names(trainer.model)}
+        assert _groups(optimizer)[smoke_work.cfg.optim.weight_decay] == decayed
