@@ -131,6 +131,7 @@ def classification(args: argparse.Namespace, settings: Settings, names: list[str
         peaks[key] += values  # before and after the contenders: the same background load as theirs
     model_peak = summary(peaks[f"model linear shapes, {peak_tokens} tokens, fwd+bwd"])["median"]
     c = {name: {"who": runner.CONTENDERS[name].who, "batching": runner.CONTENDERS[name].batching,
+                "differs": runner.CONTENDERS[name].differs,
                 **runner.contender_figures(blocks[name], epochs[name], model_peak)} for name in names}
     results: dict[str, Any] = {
         "meta": meta(settings, work, names), "mfu_peak_gflops": model_peak,

@@ -172,23 +172,31 @@ def ours(work: Workload, settings: Settings, bucket: bool = True, pad_to: int | 
 
 
 class TorchEncoderClassifier(nn.Module):
-    """The same-size classifier built from torch.nn.TransformerEncoder (pre-norm, GELU, learned positions)."""
+    """The same-size classifier built from torch.nn.TransformerEncoder (pre-norm, GELU, learned positions), with
+    tformer's dropout placement: on the embeddings, on each residual branch (after attention, after the
+    feed-forward block), on the attention weights at attn_dropout, inside the feed-forward block at ffn_dropout,
+    and in the head before and after its dense layer. torch's layer takes one rate for all four of its places;
+    the attention and feed-forward ones are set after construction."""
 
-    def __init__(self, vocab_size: int, d: int, layers: int, heads: int, d_ff: int, dropout: float,
-                 max_positions: int, n_outputs: int) -> None:
+    def __init__(self, vocab_size: int, d: int, layers: int, heads: int, d_ff: int, *, dropout: float,
+                 attn_dropout: float, ffn_dropout: float, head_dropout: float, max_positions: int,
+                 n_outputs: int) -> None:
         super().__init__()
         self.tokens = nn.Embedding(vocab_size, d, padding_idx=0)
         self.positions = nn.Embedding(max_positions, d)
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(d, heads, d_ff, dropout, activation="gelu", batch_first=True,
-                                           norm_first=True)
+                                           norm_first=True)  # dropout1, dropout2: the residual branches
+        layer.self_attn.dropout = attn_dropout  # on the attention weights (0: the fused SDPA kernel)
+        layer.dropout = nn.Dropout(ffn_dropout)  # between linear1 and linear2
         self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
-        self.head = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Dropout(dropout), nn.Linear(d, n_outputs))
+        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(d, d), nn.Tanh(), nn.Dropout(head_dropout),
+                                  nn.Linear(d, n_outputs))  # tformer's head layout
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """(B, T) ids and mask -> (B, C) logits from the first token."""
         x = self.dropout(self.tokens(ids) + self.positions.weight[: ids.shape[1]])  # (B, T, D)
-        x = self.encoder(x, src_key_padding_mask=~mask)
+        x = self.encoder(x, src_key_padding_mask=~mask)  # (B, T, D): every position of the last layer
         return self.head(x[:, 0])
 
 
@@ -196,8 +204,10 @@ def torch_encoder(work: Workload, settings: Settings) -> LoopContender:
     """A plain loop over nn.TransformerEncoder on our batches: our fused AdamW, the same clipping, cross-entropy."""
     cfg = work.cfg
     m = cfg.model
-    model = TorchEncoderClassifier(work.vocab_size, m.d_model, m.n_layers, m.n_heads, m.d_ff, m.dropout,
-                                   m.max_positions, work.task.num_outputs).train()
+    model = TorchEncoderClassifier(work.vocab_size, m.d_model, m.n_layers, m.n_heads, m.d_ff, dropout=m.dropout,
+                                   attn_dropout=m.attn_dropout, ffn_dropout=m.ffn_dropout,
+                                   head_dropout=cfg.task.head_dropout, max_positions=m.max_positions,
+                                   n_outputs=work.task.num_outputs).train()
     optimizer = adamw_like_ours(model, cfg.optim)
 
     def step(batch: Batch) -> None:

@@ -73,6 +73,7 @@ def _fmt(value: float | None, fmt: str) -> str:
 def print_tables(results: dict[str, Any], console: Console) -> None:
     """The contenders, the goals, padding, peaks and the sweep row, as rich tables."""
     console.print(_contenders_table(results))
+    console.print(_differs_table(results))
     console.print(_goals_table(results))
     if "seq2seq" in results:
         console.print(_seq2seq_table(results["seq2seq"]))
@@ -98,6 +99,18 @@ def _contenders_table(results: dict[str, Any]) -> Table:
                   f"{100 * c['mfu_real']['median']:.1f}%",
                   _fmt(mem.get("training_peak_rss_mib") or mem.get("peak_rss_mib"), ",.0f"),
                   _span(r["epoch_s"], ".2f") if r else "-", _span(r["real_tokens_per_s"], ".2f") if r else "-")
+    return t
+
+
+def _differs_table(results: dict[str, Any]) -> Table:
+    """What still differs between each contender and tformer's step (same optimizer, dropout and batches)."""
+    t = Table(title="What differs from tformer's step (fused AdamW, dropout placement and sizes are the same)",
+              title_justify="left")
+    t.add_column("contender")
+    t.add_column("batches")
+    t.add_column("what differs")
+    for c in results["contenders"].values():
+        t.add_row(c["who"], c["batching"], c.get("differs", ""))
     return t
 
 

@@ -24,38 +24,54 @@ from .workload import Settings, Workload, epoch_batches, padding_fraction
 
 @dataclass(frozen=True)
 class Spec:
-    """One contender: who trains, on which batches, and how to build it."""
+    """One contender: who trains, on which batches, how to build it, and what still differs from our step."""
 
     who: str
     batching: str
     padded: bool  # padded to max_length: fewer, longer steps per repetition
     needs_hf: bool
     build: Callable[[Workload, Settings], Contender]
+    differs: str = ""  # every difference from tformer's step that remains (same optimizer, dropout and batches)
 
 
+# What every Hugging Face BERT row has that ours has not; the same sizes, dropout rates and optimizer otherwise.
+BERT = ("BERT's layout: post-norm, learned positions, embedding LayerNorm and token types, its pooler (no dropout before the "
+        "dense layer); torch's nn.Dropout (ours draws masks from uniforms); the full last layer; linear schedule")
 REFERENCE = "ours"  # the row every ratio divides by
 CONTENDERS: dict[str, Spec] = {
-    "ours": Spec("tformer", "length-bucketed", False, False, lambda w, s: C.ours(w, s)),
+    "ours": Spec("tformer", "length-bucketed", False, False, lambda w, s: C.ours(w, s),
+                 "the reference: `tformer train`'s step; the last layer computes only the pooled first token"),
     "ours_pad": Spec("tformer", "pad to max_length", True, False,
-                     lambda w, s: C.ours(w, s, bucket=False, pad_to=w.max_length)),
+                     lambda w, s: C.ours(w, s, bucket=False, pad_to=w.max_length),
+                     "every batch padded to max_length (more computed tokens)"),
     "hf_loop_pad": Spec("HF BERT, plain loop", "pad to max_length", True, True,
-                        lambda w, s: hf.hf_loop(w, s, bucket=False, pad_to=w.max_length)),
+                        lambda w, s: hf.hf_loop(w, s, bucket=False, pad_to=w.max_length),
+                        f"{BERT}; every batch padded to max_length"),
     "hf_loop_same": Spec("HF BERT, plain loop", "ours (length-bucketed)", False, True,
-                         lambda w, s: hf.hf_loop(w, s, bucket=True, pad_to=None)),
+                         lambda w, s: hf.hf_loop(w, s, bucket=True, pad_to=None), BERT),
     "hf_trainer_pad": Spec("HF Trainer", "pad to max_length (example defaults)", True, True,
-                           lambda w, s: hf.trainer_classify(w, s, grouped=False)),
+                           lambda w, s: hf.trainer_classify(w, s, grouped=False),
+                           f"{BERT}; Trainer's data loader, collator and callbacks are timed; texts padded to "
+                           "max_length at tokenization, random order"),
     "hf_trainer_grouped": Spec("HF Trainer", "dynamic + group_by_length", False, True,
-                               lambda w, s: hf.trainer_classify(w, s, grouped=True)),
+                               lambda w, s: hf.trainer_classify(w, s, grouped=True),
+                               f"{BERT}; Trainer's data loader, collator and callbacks are timed; its own "
+                               "length-grouped batches (more padding than ours)"),
     "torch_encoder": Spec("nn.TransformerEncoder", "ours (length-bucketed)", False, False,
-                          lambda w, s: C.torch_encoder(w, s)),
+                          lambda w, s: C.torch_encoder(w, s),
+                          "nn.MultiheadAttention and torch's nn.Dropout (ours draws masks from uniforms); learned "
+                          "positions without sqrt(d) token scaling (ours: fixed sinusoids); the full last layer; "
+                          "mean cross-entropy, no schedule"),
 }
 WHAT_IF = {  # proposed changes to our step (what_if.py), timed only with --what-if
     f"ours+{name}": Spec(f"tformer + {name}", "length-bucketed", False, False,
-                         lambda w, s, changes=changes: C.ours(w, s, changes=changes))
+                         lambda w, s, changes=changes: C.ours(w, s, changes=changes),
+                         f"proposed change to our step: {name} (what_if.py)")
     for name, changes in VARIANTS.items()
 }
 WHAT_IF["ours+compile"] = Spec("tformer, trainer.compile=true", "length-bucketed", False, False,
-                               lambda w, s: C.ours(w, s, compile=True))
+                               lambda w, s: C.ours(w, s, compile=True),
+                               "trainer.compile=true: torch.compile with dynamic shapes (compilation in warm-up)")
 CONTENDERS.update(WHAT_IF)
 
 

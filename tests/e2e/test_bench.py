@@ -47,6 +47,7 @@ def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
             assert math.isfinite(ratio[key]["median"]) and ratio[key]["median"] > 0, (name, key)
     for c in results["contenders"].values():
         assert {"step_ms", "real_tokens_per_s", "epoch_s", "mfu_real", "mfu_padded", "epoch"} <= set(c)
+        assert c["differs"]
     assert set(results["padding"]) == {"rotten_tomatoes", "vader"}
     assert all(m["peak_rss_mib"] > 0 for m in results["memory"].values())
     assert results["sweep"]["one_thread_over_fighting"] > 0

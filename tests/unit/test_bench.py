@@ -130,8 +130,32 @@ def test_contenders_adamw_has_tformers_groups_and_the_fused_kernel() -> None:
     assert {k: theirs.defaults[k] for k in ("lr", "betas", "eps")} == {k: ours.defaults[k] for k in ("lr", "betas", "eps")}
 
 
+def _torch_classifier() -> C.TorchEncoderClassifier:
+    """The nn.TransformerEncoder contender's model with tformer's default rates, one small layer."""
+    return C.TorchEncoderClassifier(50, 16, 1, 2, 32, dropout=0.1, attn_dropout=0.0, ffn_dropout=0.0,
+                                    head_dropout=0.1, max_positions=64, n_outputs=3)
+
+
+def test_torch_encoder_contender_drops_out_where_tformer_does() -> None:
+    from transformer_cli.config import ModelConfig
+    from transformer_cli.model import EncoderLayer
+
+    ours = EncoderLayer(ModelConfig(d_model=16, n_heads=2, d_ff=32))
+    theirs = _torch_classifier().encoder.layers[0]
+    assert theirs.self_attn.dropout == ours.attn.attn_dropout == 0.0  # attention weights
+    assert theirs.dropout.p == ours.ff.dropout.p == 0.0  # inside the feed-forward block
+    assert theirs.dropout1.p == theirs.dropout2.p == ours.dropout.p == 0.1  # residual branches
+    head = _torch_classifier().head
+    assert [m.p for m in head if isinstance(m, torch.nn.Dropout)] == [0.1, 0.1]  # before and after the dense layer
+
+
+def test_every_contender_names_what_differs_from_our_step() -> None:
+    assert all(spec.differs for spec in runner.CONTENDERS.values())
+    assert "nn.Dropout" in runner.CONTENDERS["torch_encoder"].differs  # the one dropout difference left
+
+
 def test_contenders_adamw_exempts_nn_multihead_attention_biases() -> None:
-    model = C.TorchEncoderClassifier(50, 16, 1, 2, 32, 0.1, 64, 3)
+    model = _torch_classifier()
     decayed = C.decayed_names(model)
     assert "encoder.layers.0.self_attn.in_proj_weight" in decayed
     assert not any(n.endswith("bias") or "norm" in n or n in ("tokens.weight", "positions.weight") for n in decayed)
