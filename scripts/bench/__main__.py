@@ -63,8 +63,9 @@ def contender_names(args: argparse.Namespace, log: Any) -> list[str]:
     unknown = [n for n in names if n not in runner.CONTENDERS]
     if unknown:
         raise SystemExit(f"unknown contender(s) {unknown}; choose from {list(runner.CONTENDERS)}")
-    if runner.REFERENCE not in names:
-        names.insert(0, runner.REFERENCE)
+    for reference in (runner.FULL, runner.REFERENCE):  # every ratio divides one of them
+        if reference not in names:
+            names.insert(0, reference)
     missing = hf.available()
     if missing:
         log(f"note: Hugging Face rows skipped: {missing}")
@@ -136,12 +137,10 @@ def classification(args: argparse.Namespace, settings: Settings, names: list[str
     results: dict[str, Any] = {
         "meta": meta(settings, work, names), "mfu_peak_gflops": model_peak,
         "matmul_peak": {k: summary(v) for k, v in peaks.items()}, "contenders": c,
-        "ratios": {name: {key: runner.paired_ratio(c[runner.REFERENCE], c[name], key)
-                          for key in ("epoch_s", "real_tokens_per_s", "mfu_real")}
-                   for name in names if name != runner.REFERENCE},
+        "ratios": runner.ratio_table(c), "ratio_references": runner.RATIO_REFERENCES,
     }
-    if "ours_pad" in c and "hf_loop_pad" in c:
-        results["padded_pair"] = {"mfu_real": runner.paired_ratio(c["ours_pad"], c["hf_loop_pad"], "mfu_real")}
+    if "ours_full_pad" in c and "hf_loop_pad" in c:  # the same padded shapes and the same work
+        results["padded_pair"] = {"mfu_real": runner.paired_ratio(c["ours_full_pad"], c["hf_loop_pad"], "mfu_real")}
     log("timing done; padding on the shipped datasets")
     results["padding"] = {"rotten_tomatoes": runner.padding_table(work, settings),
                           "vader": runner.padding_table(load_workload(settings, ("task=regress",)), settings)}

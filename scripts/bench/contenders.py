@@ -22,6 +22,7 @@ from transformer_cli.data.batching import Batch
 from transformer_cli.device import resolve_precision
 from transformer_cli.loop import train_step
 from transformer_cli.losses import build_loss
+from transformer_cli.model import SequenceModel
 from transformer_cli.optim import build_optimizer, build_scheduler
 
 from .flops import ModelShape, batch_flops
@@ -145,12 +146,26 @@ def adamw_like_ours(model: nn.Module, optim: DictConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.betas[0], optim.betas[1]), eps=optim.eps, fused=True)
 
 
+class FullLastLayer(nn.Module):
+    """tformer's SequenceModel with the first-token shortcut off: its encoder's last layer computes every position,
+    as the other contenders' do (the same weights, head and outputs)."""
+
+    def __init__(self, model: SequenceModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        """(B, T) ids and mask -> the head's outputs, read from the last layer's (B, T, D) states."""
+        return self.model.head(self.model.encoder(input_ids, mask, None), mask)
+
+
 def ours(work: Workload, settings: Settings, bucket: bool = True, pad_to: int | None = None,
-         changes: tuple[str, ...] = (), compile: bool = False) -> LoopContender:
+         changes: tuple[str, ...] = (), compile: bool = False, full_last_layer: bool = False) -> LoopContender:
     """tformer's training step exactly as `tformer train` takes it (fp32, the configured clip and schedule).
 
     `changes` names proposed changes from what_if.py to apply (none: the shipped step); `compile` is
-    trainer.compile=true (torch.compile with dynamic shapes, as the loop does; warm-up pays the compilation)."""
+    trainer.compile=true (torch.compile with dynamic shapes, as the loop does; warm-up pays the compilation);
+    `full_last_layer` turns the first-token shortcut off (a classifier's last layer computes every position)."""
     cfg = work.cfg
     model = work.task.build_model(cfg.model, work.vocab_size).train()  # as `tformer train` builds it
     loss_fn = build_loss(cfg.loss, work.loss_context)
@@ -162,7 +177,8 @@ def ours(work: Workload, settings: Settings, bucket: bool = True, pad_to: int | 
     scheduler = build_scheduler(cfg.schedule, optimizer, total_steps=10_000)
     precision = resolve_precision("fp32", torch.device("cpu"))
     scaler = precision.scaler()
-    trained = torch.compile(model, dynamic=True) if compile else model
+    stepped = FullLastLayer(model) if full_last_layer else model
+    trained = torch.compile(stepped, dynamic=True) if compile else stepped
 
     def step(batch: Batch) -> None:
         train_step(trained, [batch], work.task, loss_fn, optimizer, scaler, precision, cfg.trainer.grad_clip)

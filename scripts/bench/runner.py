@@ -37,13 +37,22 @@ class Spec:
 # What every Hugging Face BERT row has that ours has not; the same sizes, dropout rates and optimizer otherwise.
 BERT = ("BERT's layout: post-norm, learned positions, embedding LayerNorm and token types, its pooler (no dropout before the "
         "dense layer); torch's nn.Dropout (ours draws masks from uniforms); the full last layer; linear schedule")
-REFERENCE = "ours"  # the row every ratio divides by
+REFERENCE = "ours"  # the shipped step: what epoch-time and tokens/s ratios divide
+FULL = "ours_full"  # our step doing the work the FLOPs count (and the others do): what MFU ratios divide
+RATIO_REFERENCES = {"epoch_s": REFERENCE, "real_tokens_per_s": REFERENCE, "mfu_real": FULL}
+SHORTCUT = "the last layer computes only the pooled first token (the same outputs, less work than the FLOPs count)"
+FULL_LAYER = "the first-token shortcut off: the last layer computes every position, as the other contenders do"
 CONTENDERS: dict[str, Spec] = {
     "ours": Spec("tformer", "length-bucketed", False, False, lambda w, s: C.ours(w, s),
-                 "the reference: `tformer train`'s step; the last layer computes only the pooled first token"),
+                 f"the reference: `tformer train`'s step; {SHORTCUT}"),
+    "ours_full": Spec("tformer, full last layer", "length-bucketed", False, False,
+                      lambda w, s: C.ours(w, s, full_last_layer=True), f"the MFU reference: {FULL_LAYER}"),
     "ours_pad": Spec("tformer", "pad to max_length", True, False,
                      lambda w, s: C.ours(w, s, bucket=False, pad_to=w.max_length),
-                     "every batch padded to max_length (more computed tokens)"),
+                     f"every batch padded to max_length (more computed tokens); {SHORTCUT}"),
+    "ours_full_pad": Spec("tformer, full last layer", "pad to max_length", True, False,
+                          lambda w, s: C.ours(w, s, bucket=False, pad_to=w.max_length, full_last_layer=True),
+                          f"every batch padded to max_length; {FULL_LAYER}"),
     "hf_loop_pad": Spec("HF BERT, plain loop", "pad to max_length", True, True,
                         lambda w, s: hf.hf_loop(w, s, bucket=False, pad_to=w.max_length),
                         f"{BERT}; every batch padded to max_length"),
@@ -133,6 +142,14 @@ def contender_figures(blocks: list[list[Step]], epoch: EpochShape, peak_gflops: 
 def paired_ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> dict[str, float]:
     """ours / theirs of `key`, repetition by repetition, summarised."""
     return summary([a[key] / b[key] for a, b in zip(ours["reps"], theirs["reps"])])
+
+
+def ratio_table(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Paired ratios ours / theirs for every other row: epoch time and tokens/s against the shipped step
+    (`ours`), MFU against the step without the first-token shortcut (`ours_full`), which does the same work."""
+    return {name: {key: paired_ratio(figures[ref], figures[name], key)
+                   for key, ref in RATIO_REFERENCES.items() if ref in figures and ref != name}
+            for name in figures if name != REFERENCE}
 
 
 def padding_table(work: Workload, settings: Settings, epochs: int = 3) -> dict[str, Any]:

@@ -42,9 +42,13 @@ def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
     assert set(results["contenders"]) == expected
     if not has_hf:
         assert "Hugging Face rows skipped" in proc.stderr
+    assert set(results["ratios"]) == expected - {runner.REFERENCE}
     for name, ratio in results["ratios"].items():
-        for key in ("epoch_s", "real_tokens_per_s", "mfu_real"):
-            assert math.isfinite(ratio[key]["median"]) and ratio[key]["median"] > 0, (name, key)
+        for key, reference in runner.RATIO_REFERENCES.items():
+            if reference != name:
+                assert math.isfinite(ratio[key]["median"]) and ratio[key]["median"] > 0, (name, key)
+    if has_hf:
+        assert results["padded_pair"]["mfu_real"]["median"] > 0
     for c in results["contenders"].values():
         assert {"step_ms", "real_tokens_per_s", "epoch_s", "mfu_real", "mfu_padded", "epoch"} <= set(c)
         assert c["differs"]

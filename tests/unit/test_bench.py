@@ -65,10 +65,9 @@ def _fake(epoch_s: float, mfu: float) -> dict:
 
 
 def test_goals_report_met_and_missed() -> None:
-    contenders = {"ours": _fake(10, 0.6), "hf_trainer_pad": _fake(40, 0.2), "hf_trainer_grouped": _fake(11, 0.55),
-                  "hf_loop_same": _fake(12, 0.5)}
-    ratios = {n: {k: runner.paired_ratio(contenders["ours"], c, k) for k in ("epoch_s", "mfu_real")}
-              for n, c in contenders.items() if n != "ours"}
+    contenders = {"ours": _fake(10, 0.8), "ours_full": _fake(12, 0.6), "hf_trainer_pad": _fake(40, 0.2),
+                  "hf_trainer_grouped": _fake(11, 0.55), "hf_loop_same": _fake(12, 0.5)}
+    ratios = runner.ratio_table(contenders)
     padding = {"rotten_tomatoes": {"padding_fraction": {"bucketed (ours)": 0.03}, "mean_tokens": 28.0,
                                    "batch_size": 32}}
     sweep = {"one_thread_over_fighting": 1.4, "cores": 2}
@@ -78,9 +77,19 @@ def test_goals_report_met_and_missed() -> None:
     assert goals["epoch time vs HF Trainer, best settings"]["met"] is False  # 0.91 > 1/1.2
     assert goals["MFU (real tokens) vs HF plain loop, same padded shapes"]["measured"] == pytest.approx(1.2)
     assert goals["MFU (real tokens) vs HF plain loop, both padded to max_length"]["met"] is None  # not run
+    assert goals["our MFU (real tokens) vs model-shape matmul peak"]["measured"] == pytest.approx(0.6)  # ours_full's
     assert goals["our MFU (real tokens) vs model-shape matmul peak"]["met"] is False
     assert goals["padding waste on rotten_tomatoes"]["met"] is True
     assert goals["parallel sweep: N jobs x 1 thread / N jobs x N threads"]["met"] is True
+
+
+def test_ratios_divide_times_by_the_shipped_step_and_mfu_by_the_full_one() -> None:
+    figures = {"ours": _fake(10, 0.8), "ours_full": _fake(12, 0.6), "hf_loop_same": _fake(20, 0.3)}
+    ratios = runner.ratio_table(figures)
+    assert set(ratios) == {"ours_full", "hf_loop_same"}
+    assert ratios["hf_loop_same"]["epoch_s"]["median"] == pytest.approx(0.5)  # ours / theirs
+    assert ratios["hf_loop_same"]["mfu_real"]["median"] == pytest.approx(2.0)  # ours_full / theirs, not 0.8 / 0.3
+    assert "mfu_real" not in ratios["ours_full"] and ratios["ours_full"]["epoch_s"]["median"] == pytest.approx(10 / 12)
 
 
 def _tiny_classifier() -> torch.nn.Module:
@@ -182,3 +191,13 @@ def test_every_pytorch_contender_steps_with_fused_adamw_and_tformers_groups(smok
         assert optimizer.defaults["fused"] and trainer.args.optim == "adamw_torch_fused"
         decayed = {id(p) for n, p in trainer.model.named_parameters() if n in C.decayed_names(trainer.model)}
         assert _groups(optimizer)[smoke_work.cfg.optim.weight_decay] == decayed
+
+
+def test_full_last_layer_computes_every_position_with_the_same_outputs() -> None:
+    model = _tiny_classifier().eval()
+    full = C.FullLastLayer(model)
+    shapes: list[tuple[int, ...]] = []
+    model.encoder.layers[-1].register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))
+    ids, mask = torch.randint(1, 50, (2, 7)), torch.ones(2, 7, dtype=torch.bool)
+    torch.testing.assert_close(full(ids, mask), model(ids, mask))
+    assert shapes == [(2, 7, 16), (2, 1, 16)]  # full: every position; shipped: the first token only
