@@ -21,7 +21,7 @@ from transformer_cli import __version__
 from . import hf, report, runner, seq2seq, workers
 from .contenders import model_shape
 from .flops import model_shape_peak, square_peak, summary
-from .workload import MODES, Settings, load_workload
+from .workload import MODES, Settings, epoch_batches, load_workload, typical_padded_tokens
 
 DEFAULT_OUT = Path("outputs/bench/bench.json")
 
@@ -73,11 +73,26 @@ def contender_names(args: argparse.Namespace, log: Any) -> list[str]:
     return names
 
 
-def measure_peaks(settings: Settings, shape: Any, tokens: int, reps: int) -> dict[str, list[float]]:
-    """GFLOP/s of a square matmul and of the model's own linear shapes, per repetition."""
+PADDED, BUCKETED = "pad to max_length", "length-bucketed"  # the batch shapes an MFU peak is measured at
+
+
+def peak_rows(work: Any, settings: Settings) -> dict[str, int]:
+    """Tokens per batch (the matmuls' row count) of a typical step: bucketed batches and max_length padding."""
+    bucketed = typical_padded_tokens(epoch_batches(work, settings.batch_size, True, settings.seed),
+                                     work.split.lengths)
+    return {BUCKETED: bucketed, PADDED: settings.batch_size * work.max_length}
+
+
+def peak_key(batching: str, rows: int) -> str:
+    """The matmul_peak entry of the model-shape peak at one batching's rows."""
+    return f"model linear shapes, {rows} tokens ({batching} batch), fwd+bwd"
+
+
+def measure_peaks(settings: Settings, shape: Any, rows: dict[str, int], reps: int) -> dict[str, list[float]]:
+    """GFLOP/s of a square matmul and of the model's own linear shapes at each batching's rows, per repetition."""
     n = settings.matmul_size
     return {f"torch.mm {n}x{n}": square_peak(n, reps),
-            f"model linear shapes, {tokens} tokens, fwd+bwd": model_shape_peak(shape, tokens, reps)}
+            **{peak_key(batching, r): model_shape_peak(shape, r, reps) for batching, r in rows.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,19 +138,26 @@ def classification(args: argparse.Namespace, settings: Settings, names: list[str
     """The classification rows: matmul peaks, interleaved timing, ratios, padding, and the optional extras."""
     work = load_workload(settings)
     shape = model_shape(work)
-    peak_tokens = settings.batch_size * work.max_length
+    rows = peak_rows(work, settings)
     peak_reps = 3 if settings.mode == "full" else 2
-    peaks = measure_peaks(settings, shape, peak_tokens, peak_reps)
+    peaks = measure_peaks(settings, shape, rows, peak_reps)
     log(f"data ready ({len(work.split):,} training examples); matmul peaks measured")
     blocks, epochs, built = runner.time_contenders(work, settings, names, log)
-    for key, values in measure_peaks(settings, shape, peak_tokens, peak_reps).items():
+    for key, values in measure_peaks(settings, shape, rows, peak_reps).items():
         peaks[key] += values  # before and after the contenders: the same background load as theirs
-    model_peak = summary(peaks[f"model linear shapes, {peak_tokens} tokens, fwd+bwd"])["median"]
+    mfu_peaks = {b: {"rows": r, "gflops": summary(peaks[peak_key(b, r)])["median"]} for b, r in rows.items()}
+
+    def peak_of(name: str) -> str:
+        """The batch shape a contender's MFU is measured against: its own (padded or not)."""
+        return PADDED if runner.CONTENDERS[name].padded else BUCKETED
+
     c = {name: {"who": runner.CONTENDERS[name].who, "batching": runner.CONTENDERS[name].batching,
-                "differs": runner.CONTENDERS[name].differs,
-                **runner.contender_figures(blocks[name], epochs[name], model_peak)} for name in names}
+                "differs": runner.CONTENDERS[name].differs, "mfu_peak": peak_of(name),
+                **runner.contender_figures(blocks[name], epochs[name], mfu_peaks[peak_of(name)]["gflops"])}
+         for name in names}
     results: dict[str, Any] = {
-        "meta": meta(settings, work, names), "mfu_peak_gflops": model_peak,
+        # MFU of each row: real-token model FLOP/s / the model-shape peak at its batching's typical batch rows
+        "meta": meta(settings, work, names), "mfu_peak_gflops": mfu_peaks[BUCKETED]["gflops"], "mfu_peaks": mfu_peaks,
         "matmul_peak": {k: summary(v) for k, v in peaks.items()}, "contenders": c,
         "ratios": runner.ratio_table(c), "ratio_references": runner.RATIO_REFERENCES,
     }

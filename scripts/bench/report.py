@@ -88,7 +88,8 @@ def _contenders_table(results: dict[str, Any]) -> Table:
     """One row per contender, with ratios ours / theirs."""
     meta = results["meta"]
     title = (f"Training throughput, {meta['model_summary']}, batch {meta['batch_size']}, fp32, "
-             f"{meta['torch_threads']} threads; median (min-max) of {meta['reps']} interleaved repetitions")
+             f"{meta['torch_threads']} threads; median (min-max) of {meta['reps']} interleaved repetitions"
+             + _peaks_note(results))
     t = Table(title=title, title_justify="left")
     for col in ("contender", "batches", "step ms", "real tok/s", "pad %", "epoch s (est.)", "MFU real",
                 "peak RSS MiB (training)", "epoch time ours/theirs", "tok/s ours/theirs", "MFU ours full/theirs"):
@@ -102,6 +103,13 @@ def _contenders_table(results: dict[str, Any]) -> Table:
                   _fmt(mem.get("training_peak_rss_mib") or mem.get("peak_rss_mib"), ",.0f"),
                   *(_span(r[key], ".2f") if key in r else "-" for key in ("epoch_s", "real_tokens_per_s", "mfu_real")))
     return t
+
+
+def _peaks_note(results: dict[str, Any]) -> str:
+    """Where the MFU peaks were measured: the matmul rows of each batching's typical batch."""
+    peaks = results.get("mfu_peaks", {})
+    shapes = ", ".join(f"{p['rows']:,} rows ({batching})" for batching, p in peaks.items())
+    return f"; MFU against the model-shape matmul peak at the typical batch: {shapes}" if peaks else ""
 
 
 def _differs_table(results: dict[str, Any]) -> Table:

@@ -146,6 +146,12 @@ def padded_tokens(batches: list[np.ndarray], lengths: np.ndarray, pad_to: int | 
     return sum(len(b) * (pad_to if pad_to is not None else int(lengths[b].max())) for b in batches)
 
 
+def typical_padded_tokens(batches: list[np.ndarray], lengths: np.ndarray) -> int:
+    """Computed tokens (rows x longest row) of the median full batch: the matmul height a step typically runs."""
+    full = [b for b in batches if len(b) == len(batches[0])] or batches
+    return int(np.median([len(b) * int(lengths[b].max()) for b in full]))
+
+
 def padding_fraction(batches: list[np.ndarray], lengths: np.ndarray, pad_to: int | None = None) -> float:
     """Share of computed tokens that are padding."""
     real = sum(int(lengths[b].sum()) for b in batches)

@@ -51,7 +51,8 @@ def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
         assert results["padded_pair"]["mfu_real"]["median"] > 0
     for c in results["contenders"].values():
         assert {"step_ms", "real_tokens_per_s", "epoch_s", "mfu_real", "mfu_padded", "epoch"} <= set(c)
-        assert c["differs"]
+        assert c["differs"] and c["mfu_peak"] in results["mfu_peaks"]
+    assert all(p["rows"] > 0 and p["gflops"] > 0 for p in results["mfu_peaks"].values())
     assert set(results["padding"]) == {"rotten_tomatoes", "vader"}
     assert all(m["peak_rss_mib"] > 0 for m in results["memory"].values())
     assert results["sweep"]["one_thread_over_fighting"] > 0

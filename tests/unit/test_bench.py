@@ -13,7 +13,8 @@ from scripts.bench import contenders as C
 from scripts.bench import hf, report, runner, what_if
 from scripts.bench.contenders import EpochShape, Step
 from scripts.bench.flops import ModelShape, batch_flops, step_flops
-from scripts.bench.workload import MODES, Workload, load_workload, padded_tokens, padding_fraction, representative
+from scripts.bench.workload import (MODES, Workload, load_workload, padded_tokens, padding_fraction, representative,
+                                   typical_padded_tokens)
 
 
 def test_step_flops_counts_matmuls_attention_and_head() -> None:
@@ -39,6 +40,12 @@ def test_padding_fraction_and_padded_tokens() -> None:
     assert padded_tokens(batches, lengths) == 2 * 3 + 2 * 2
     assert padding_fraction(batches, lengths) == pytest.approx(1 - 8 / 10)
     assert padding_fraction(batches, lengths, pad_to=4) == pytest.approx(1 - 8 / 16)
+
+
+def test_typical_padded_tokens_is_the_median_full_batch() -> None:
+    lengths = np.array([3, 5, 10, 10, 20, 30, 40])
+    batches = [np.array([0, 1]), np.array([2, 3]), np.array([4, 5]), np.array([6])]  # the last one is short
+    assert typical_padded_tokens(batches, lengths) == 2 * 10  # of 2 x 5, 2 x 10 and 2 x 30
 
 
 def test_representative_spans_the_sizes_with_full_batches_only() -> None:
@@ -201,3 +208,4 @@ def test_full_last_layer_computes_every_position_with_the_same_outputs() -> None
     ids, mask = torch.randint(1, 50, (2, 7)), torch.ones(2, 7, dtype=torch.bool)
     torch.testing.assert_close(full(ids, mask), model(ids, mask))
     assert shapes == [(2, 7, 16), (2, 1, 16)]  # full: every position; shipped: the first token only
+
