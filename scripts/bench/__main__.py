@@ -232,6 +232,7 @@ def meta(settings: Settings, work: Any, names: list[str]) -> dict[str, Any]:
         "model": {k: m[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "dropout", "attn_dropout", "norm")},
         "model_summary": f"d_model {m.d_model}, {m.n_layers} layers, {m.n_heads} heads, FFN {m.d_ff}",
         "batch_size": settings.batch_size, "max_length": work.max_length, "reps": settings.reps,
+        "rep_orders": runner.rep_orders(names, settings.reps, settings.seed),
         "settings": dataclasses.asdict(settings),
     }
 

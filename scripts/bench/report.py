@@ -14,9 +14,12 @@ from transformer_cli.files import jsonable
 from .runner import FULL
 
 
-def _goal(name: str, target: str, measured: float | None, met: bool | None, detail: str) -> dict[str, Any]:
-    """One row of the goals table; measured None means the contenders it needs did not run."""
-    return {"goal": name, "target": target, "measured": measured, "met": met, "detail": detail}
+def _goal(name: str, target: str, measured: float | None, met: bool | None, detail: str,
+          spread: dict[str, float] | None = None) -> dict[str, Any]:
+    """One row of the goals table; measured None means the contenders it needs did not run. A timed figure
+    also gives its range over the repetitions (`spread`: a summary with min and max); others have none."""
+    return {"goal": name, "target": target, "measured": measured, "met": met, "detail": detail,
+            "min": spread["min"] if spread else None, "max": spread["max"] if spread else None}
 
 
 def _ratio_goal(name: str, ratio: dict[str, float] | None, target: float, at_most: bool,
@@ -26,7 +29,7 @@ def _ratio_goal(name: str, ratio: dict[str, float] | None, target: float, at_mos
     if ratio is None:
         return _goal(name, f"{sign} {target:.3g}", None, None, f"not measured ({detail})")
     value = ratio["median"]
-    return _goal(name, f"{sign} {target:.3g}", value, value <= target if at_most else value >= target, detail)
+    return _goal(name, f"{sign} {target:.3g}", value, value <= target if at_most else value >= target, detail, ratio)
 
 
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -49,7 +52,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         mfu = full["mfu_real"]["median"]
         rows.append(_goal("our MFU (real tokens) vs model-shape matmul peak", ">= 0.7", mfu, mfu >= 0.7,
                           "real-token model FLOP/s of ours without the first-token shortcut / matmul peak at "
-                          "the model's linear shapes"))
+                          "the model's linear shapes", full["mfu_real"]))
     for name, table in results.get("padding", {}).items():
         waste = table["padding_fraction"]["bucketed (ours)"]
         rows.append(_goal(f"padding waste on {name}", "<= 0.05", waste, waste <= 0.05,
@@ -65,6 +68,19 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
 def _span(s: dict[str, float], fmt: str) -> str:
     """'median (min-max)' of a summary."""
     return f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
+
+
+def _percent_span(s: dict[str, float]) -> str:
+    """'median (min-max)' of a fraction, in per cent."""
+    return f"{100 * s['median']:.1f}% ({100 * s['min']:.1f}-{100 * s['max']:.1f})"
+
+
+def _measured(g: dict[str, Any]) -> str:
+    """A goal's measured value, with its range over the repetitions when it is timed."""
+    if g["measured"] is None:
+        return "-"
+    spread = f" ({g['min']:.3f}-{g['max']:.3f})" if g.get("min") is not None else ""
+    return f"{g['measured']:.3f}{spread}"
 
 
 def _fmt(value: float | None, fmt: str) -> str:
@@ -99,7 +115,7 @@ def _contenders_table(results: dict[str, Any]) -> Table:
         mem = results.get("memory", {}).get(name, {})
         t.add_row(c["who"], c["batching"], _span(c["step_ms"], ".0f"), _span(c["real_tokens_per_s"], ",.0f"),
                   f"{100 * c['epoch']['padding_fraction']:.1f}", _span(c["epoch_s"], ".1f"),
-                  f"{100 * c['mfu_real']['median']:.1f}%",
+                  _percent_span(c["mfu_real"]),
                   _fmt(mem.get("training_peak_rss_mib") or mem.get("peak_rss_mib"), ",.0f"),
                   *(_span(r[key], ".2f") if key in r else "-" for key in ("epoch_s", "real_tokens_per_s", "mfu_real")))
     return t
@@ -155,12 +171,12 @@ def _decoding_table(dec: dict[str, Any]) -> Table:
 
 def _goals_table(results: dict[str, Any]) -> Table:
     """The issue's goals: target, measured value, met or not."""
-    t = Table(title="Goals (ratios are medians of per-repetition ours/theirs)", title_justify="left")
+    t = Table(title="Goals (ratios: median (min-max) of per-repetition ours/theirs)", title_justify="left")
     for col in ("goal", "target", "measured", "met", "detail"):
         t.add_column(col)
     for g in results["goals"]:
         met = "-" if g["met"] is None else ("yes" if g["met"] else "NO")
-        t.add_row(g["goal"], g["target"], _fmt(g["measured"], ".3f"), met, g["detail"])
+        t.add_row(g["goal"], g["target"], _measured(g), met, g["detail"])
     return t
 
 

@@ -1,11 +1,12 @@
 """Time every contender side by side in one process, interleaving repetitions, and turn steps into figures.
 
-Repetition r runs a block of steps of every contender in turn, so drifting background load lands on all of
-them alike; ratios are taken per repetition (paired), then summarised as median and min-max.
+Repetition r runs a block of steps of every contender in turn, in an order shuffled per repetition under the
+seed, so drifting background load and cache state land on all of them alike; ratios are taken per repetition (paired), then summarised as median and min-max.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -89,6 +90,18 @@ def steps_per_block(spec: Spec, settings: Settings) -> int:
     return settings.steps_padded if spec.padded else settings.steps_bucketed
 
 
+def rep_orders(names: list[str], reps: int, seed: int) -> list[list[str]]:
+    """The contenders' order in each repetition, shuffled anew per repetition under the seed, so no contender
+    always runs first (cold caches) or right after the same neighbour."""
+    rng = random.Random(seed)
+    orders = []
+    for _ in range(reps):
+        order = list(names)
+        rng.shuffle(order)
+        orders.append(order)
+    return orders
+
+
 def time_contenders(work: Workload, settings: Settings, names: list[str], log: Callable[[str], None],
                     table: dict[str, Spec] | None = None
                     ) -> tuple[dict[str, list[list[Step]]], dict[str, EpochShape], dict[str, Contender]]:
@@ -101,8 +114,8 @@ def time_contenders(work: Workload, settings: Settings, names: list[str], log: C
         built[name].block(settings.warmup)
         log(f"built and warmed up {name} ({time.perf_counter() - start:.1f} s)")
     blocks: dict[str, list[list[Step]]] = {name: [] for name in names}
-    for rep in range(settings.reps):
-        for name in names:
+    for rep, order in enumerate(rep_orders(names, settings.reps, settings.seed)):
+        for name in order:
             blocks[name].append(built[name].block(steps_per_block(table[name], settings)))
         log(f"repetition {rep + 1}/{settings.reps} done")
     return blocks, {name: c.epoch() for name, c in built.items()}, built

@@ -47,7 +47,7 @@ class Settings:
 COMMON = ("trainer.device=cpu", "trainer.precision=fp32")
 MODES: dict[str, Settings] = {
     # The sizes: d_model 256, 4 layers, 4 heads, FFN 1024, batch 32 x up to 128 tokens, fp32.
-    "full": Settings("full", ("model=base", "trainer.batch_size=32", *COMMON), batch_size=32, reps=5,
+    "full": Settings("full", ("model=base", "trainer.batch_size=32", *COMMON), batch_size=32, reps=7,
                      warmup=2, steps_padded=5, steps_bucketed=20, memory_steps=3, sweep_steps=30,
                      matmul_size=4096, seq2seq_overrides=("experiment=g2p", "model=base", *COMMON), seq2seq_steps=8,
                      decode_sources=256, decode_batch=64),

@@ -68,7 +68,7 @@ def test_block_figures_extrapolate_by_padded_tokens() -> None:
 
 def _fake(epoch_s: float, mfu: float) -> dict:
     reps = [{"epoch_s": epoch_s, "real_tokens_per_s": 1 / epoch_s, "mfu_real": mfu}] * 3
-    return {"reps": reps, "mfu_real": {"median": mfu}}
+    return {"reps": reps, "mfu_real": {"median": mfu, "min": mfu, "max": mfu}}
 
 
 def test_goals_report_met_and_missed() -> None:
@@ -87,6 +87,8 @@ def test_goals_report_met_and_missed() -> None:
     assert goals["our MFU (real tokens) vs model-shape matmul peak"]["measured"] == pytest.approx(0.6)  # ours_full's
     assert goals["our MFU (real tokens) vs model-shape matmul peak"]["met"] is False
     assert goals["padding waste on rotten_tomatoes"]["met"] is True
+    assert goals["padding waste on rotten_tomatoes"]["min"] is None  # not timed: no range
+    assert goals["epoch time vs HF Trainer, best settings"]["min"] == pytest.approx(10 / 11)  # timed: its range
     assert goals["parallel sweep: N jobs x 1 thread / N jobs x N threads"]["met"] is True
 
 
@@ -209,3 +211,35 @@ def test_full_last_layer_computes_every_position_with_the_same_outputs() -> None
     torch.testing.assert_close(full(ids, mask), model(ids, mask))
     assert shapes == [(2, 7, 16), (2, 1, 16)]  # full: every position; shipped: the first token only
 
+
+class _Recorder:
+    """A contender that only records when its timed blocks ran."""
+
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name, self.calls = name, calls
+
+    def block(self, k: int) -> list[Step]:
+        self.calls.append(self.name)
+        return [Step(1.0, 1, 1, 1.0, 1.0)] * k
+
+    def epoch(self) -> EpochShape:
+        return EpochShape(1, 1, 1)
+
+    def stress(self, n: int) -> None:
+        pass
+
+
+def test_contenders_run_in_a_seeded_order_shuffled_per_repetition() -> None:
+    from dataclasses import replace
+
+    calls: list[str] = []
+    names = [f"c{i}" for i in range(6)]
+    table = {n: runner.Spec(n, "b", False, False, lambda w, s, n=n: _Recorder(n, calls)) for n in names}
+    settings = replace(MODES["smoke"], reps=7, warmup=1)
+    runner.time_contenders(None, settings, names, lambda msg: None, table)
+    reps = [calls[len(names) + 6 * r : len(names) + 6 * (r + 1)] for r in range(7)]  # after the warm-ups
+    assert all(sorted(r) == names for r in reps)  # every contender once per repetition
+    assert len({tuple(r) for r in reps}) > 1 and reps[0] != names  # shuffled, and anew per repetition
+    assert reps == runner.rep_orders(names, 7, settings.seed)  # reproducible under the seed
+    assert runner.rep_orders(names, 7, settings.seed + 1) != reps
+    assert MODES["full"].reps >= 7
