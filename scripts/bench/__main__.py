@@ -170,7 +170,7 @@ def classification(args: argparse.Namespace, settings: Settings, names: list[str
         results["profile"] = profile_contenders(built, settings, args.out, log)
     if args.full_epoch:
         log("one full epoch of ours")
-        results["full_epoch"] = {runner.REFERENCE: runner.full_epoch_ours(work, settings)}
+        results["full_epoch"] = {runner.REFERENCE: runner.full_epoch_ours(work, settings, c[runner.REFERENCE])}
     return results
 
 

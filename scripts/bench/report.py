@@ -107,7 +107,9 @@ def _contenders_table(results: dict[str, Any]) -> Table:
              f"{meta['torch_threads']} threads; median (min-max) of {meta['reps']} interleaved repetitions"
              + _peaks_note(results))
     t = Table(title=title, title_justify="left")
-    for col in ("contender", "batches", "step ms", "real tok/s", "pad %", "epoch s (est.)", "MFU real",
+    full_epoch = results.get("full_epoch", {})
+    for col in ("contender", "batches", "step ms", "real tok/s", "pad %", "epoch s (est.)",
+                *(["epoch s (one measured)"] if full_epoch else []), "MFU real",
                 "peak RSS MiB (training)", "epoch time ours/theirs", "tok/s ours/theirs", "MFU ours full/theirs"):
         t.add_column(col, justify="left" if col in ("contender", "batches") else "right")
     for name, c in results["contenders"].items():
@@ -115,6 +117,7 @@ def _contenders_table(results: dict[str, Any]) -> Table:
         mem = results.get("memory", {}).get(name, {})
         t.add_row(c["who"], c["batching"], _span(c["step_ms"], ".0f"), _span(c["real_tokens_per_s"], ",.0f"),
                   f"{100 * c['epoch']['padding_fraction']:.1f}", _span(c["epoch_s"], ".1f"),
+                  *([_fmt(full_epoch.get(name, {}).get("epoch_s"), ".1f")] if full_epoch else []),
                   _percent_span(c["mfu_real"]),
                   _fmt(mem.get("training_peak_rss_mib") or mem.get("peak_rss_mib"), ",.0f"),
                   *(_span(r[key], ".2f") if key in r else "-" for key in ("epoch_s", "real_tokens_per_s", "mfu_real")))
@@ -209,8 +212,8 @@ def _extras_table(results: dict[str, Any]) -> Table:
         for name, row in sweep["rows"].items():
             t.add_row(f"sweep: {name}", f"{row['real_tokens_per_s']:,.0f} real tok/s (aggregate)")
     for name, full in results.get("full_epoch", {}).items():
-        est = results["contenders"][name]["epoch_s"]["median"]
-        t.add_row(f"full epoch: {name}", f"{full['epoch_s']:.1f} s measured, {est:.1f} s estimated")
+        t.add_row(f"full epoch: {name}", f"{full['epoch_s']:.1f} s measured, {_span(full['estimated_epoch_s'], '.1f')}"
+                                         f" s estimated; measured/estimated {_span(full['measured_over_estimated'], '.2f')}")
     return t
 
 

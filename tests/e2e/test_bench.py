@@ -30,8 +30,9 @@ def _finite_numbers(tree: object) -> bool:
 def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
     """One smoke run with every optional row: cheaper than one run per flag."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "scripts.bench", "--smoke", "--what-if", "--out", str(out)], cwd=repo,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(repo)})
+    cmd = [sys.executable, "-m", "scripts.bench", "--smoke", "--what-if", "--full-epoch", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert {"meta", "matmul_peak", "contenders", "ratios", "padding", "memory", "sweep", "goals"} <= set(results)
@@ -57,3 +58,6 @@ def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
     assert all(m["peak_rss_mib"] > 0 for m in results["memory"].values())
     assert results["sweep"]["one_thread_over_fighting"] > 0
     assert "Goals" in proc.stdout
+    full = results["full_epoch"][runner.REFERENCE]
+    assert full["epoch_s"] > 0 and full["measured_over_estimated"]["median"] > 0
+    assert "epoch s (one measured)" in proc.stdout

@@ -5,6 +5,8 @@ sys.path."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -243,3 +245,48 @@ def test_contenders_run_in_a_seeded_order_shuffled_per_repetition() -> None:
     assert reps == runner.rep_orders(names, 7, settings.seed)  # reproducible under the seed
     assert runner.rep_orders(names, 7, settings.seed + 1) != reps
     assert MODES["full"].reps >= 7
+
+
+def _results() -> dict:
+    """A small benchmark result built by the benchmark's own functions from made-up steps (no timing)."""
+    epoch = EpochShape(batches=10, real_tokens=900, padded_tokens=1000)
+    c = {}
+    for name, seconds in (("ours", 1.0), ("ours_full", 1.2), ("hf_loop_same", 2.0), ("torch_encoder", 2.5)):
+        blocks = [[Step(seconds * f, 90, 100, 1e9, 1.1e9)] for f in (1.0, 1.1, 0.9)]
+        spec = runner.CONTENDERS[name]
+        c[name] = {"who": spec.who, "batching": spec.batching, "differs": spec.differs, "mfu_peak": "length-bucketed",
+                   **runner.contender_figures(blocks, epoch, 10.0)}
+    results = {
+        "meta": {"date": "2030-01-02T03:04:05", "mode": "full", "command": "python -m scripts.bench",
+                 "cpu": "Test CPU 3000", "cores": 2, "torch_threads": 2, "versions": {"torch": "9.9", "tformer": "1"},
+                 "model_summary": "d_model 8, 1 layers, 2 heads, FFN 16", "batch_size": 4, "reps": 3,
+                 "dataset": "rotten_tomatoes", "training_examples": 40},
+        "mfu_peaks": {"length-bucketed": {"rows": 120, "gflops": 10.0}, "pad to max_length": {"rows": 512, "gflops": 12.0}},
+        "matmul_peak": {"torch.mm 8x8": {"median": 5.0, "min": 4.0, "max": 6.0, "n": 2}},
+        "contenders": c, "ratios": runner.ratio_table(c),
+        "padding": {"rotten_tomatoes": {"examples": 40, "mean_tokens": 25.0, "max_tokens": 60, "max_length": 128,
+                                        "batch_size": 4, "padding_fraction": {"bucketed (ours)": 0.02,
+                                                                              "pad to max_length": 0.8}}},
+        "memory": {"ours": {"peak_rss_mib": 400.0, "training_peak_rss_mib": 380.0},
+                   "hf_loop_same": {"peak_rss_mib": 500.0, "training_peak_rss_mib": 450.0}},
+        "full_epoch": {"ours": {"epoch_s": 11.0, "batches": 10, "real_tokens_per_s": 80.0,
+                                "estimated_epoch_s": c["ours"]["epoch_s"],
+                                "measured_over_estimated": {"median": 1.1, "min": 1.0, "max": 1.2, "n": 3}}},
+    }
+    results["goals"] = report.goals(results)
+    return results
+
+
+def _printed(results: dict) -> str:
+    """The tables as printed, in plain text."""
+    from rich.console import Console
+
+    console = Console(record=True, width=400, file=io.StringIO())
+    report.print_tables(results, console)
+    return console.export_text()
+
+
+def test_printed_table_reports_the_measured_full_epoch() -> None:
+    text = _printed(_results())
+    assert "epoch s (one measured)" in text and "11.0" in text
+    assert "full epoch: ours" in text and "measured/estimated 1.10 (1.00-1.20)" in text
