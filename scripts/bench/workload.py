@@ -40,7 +40,7 @@ class Settings:
     decode_sources: int  # validation sources decoded per repetition
     decode_batch: int
     memory_for: tuple[str, ...] = ()  # contenders whose peak memory is measured (empty: all)
-    sweep_reference: bool = True  # also time one job alone with every core
+    sweep_reps: int = 3  # repetitions of each sweep configuration, interleaved
     seed: int = 0
 
 
@@ -60,7 +60,7 @@ MODES: dict[str, Settings] = {
                                          "data.max_train_examples=200", "data.max_eval_examples=16", *COMMON),
                       seq2seq_steps=2,
                       decode_sources=8, decode_batch=4, memory_for=("ours", "hf_trainer_grouped"),
-                      sweep_reference=False),
+                      sweep_reps=1),
 }
 
 

@@ -56,7 +56,9 @@ def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
     assert all(p["rows"] > 0 and p["gflops"] > 0 for p in results["mfu_peaks"].values())
     assert set(results["padding"]) == {"rotten_tomatoes", "vader"}
     assert all(m["peak_rss_mib"] > 0 for m in results["memory"].values())
-    assert results["sweep"]["one_thread_over_fighting"] > 0
+    sweep = results["sweep"]
+    assert sweep["baseline"] in sweep["rows"] and len(sweep["rows"]) == 3
+    assert sweep["one_thread_over_one_job"]["median"] > 0 and sweep["one_thread_over_fighting"]["median"] > 0
     assert "Goals" in proc.stdout
     full = results["full_epoch"][runner.REFERENCE]
     assert full["epoch_s"] > 0 and full["measured_over_estimated"]["median"] > 0
