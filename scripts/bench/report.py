@@ -11,7 +11,7 @@ from rich.table import Table
 
 from transformer_cli.files import jsonable
 
-from .runner import FULL
+from .runner import FULL, REFERENCE, SAME_BATCHES
 
 
 def _goal(name: str, target: str, measured: float | None, met: bool | None, detail: str,
@@ -57,6 +57,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         waste = table["padding_fraction"]["bucketed (ours)"]
         rows.append(_goal(f"padding waste on {name}", "<= 0.05", waste, waste <= 0.05,
                           f"mean {table['mean_tokens']:.1f} tokens per example, batch {table['batch_size']}"))
+    rows.append(_memory_goal(results))
     sweep = results.get("sweep")
     if sweep:
         fair = sweep["one_thread_over_one_job"]
@@ -64,6 +65,25 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                           fair["median"] > 1, f"aggregate real tokens/s on {sweep['cores']} cores (against N jobs x "
                           f"N threads, oversubscribed: {_span(sweep['one_thread_over_fighting'], '.2f')})", fair))
     return rows
+
+
+def training_rss(memory: dict[str, Any]) -> float:
+    """Peak RSS while training (MiB), or the whole process's peak where it could not be told apart."""
+    return memory.get("training_peak_rss_mib") or memory["peak_rss_mib"]
+
+
+def _memory_goal(results: dict[str, Any]) -> dict[str, Any]:
+    """Our peak RSS against the lowest of the other contenders that train on exactly our batches."""
+    name = "peak RSS while training vs the lowest contender, same batches"
+    memory = results.get("memory", {})
+    theirs = {n: training_rss(memory[n]) for n in SAME_BATCHES if n in memory}
+    if REFERENCE not in memory or not theirs:
+        return _goal(name, "<= 1", None, None, "not measured (needs ours and a contender on our batches)")
+    lowest = min(theirs, key=theirs.get)
+    ours = training_rss(memory[REFERENCE])
+    ratio = ours / theirs[lowest]
+    return _goal(name, "<= 1", ratio, ratio <= 1, f"ours {ours:,.0f} MiB / {results['contenders'][lowest]['who']} "
+                 f"{theirs[lowest]:,.0f} MiB; fresh processes, each stepping on its epoch's largest batches")
 
 
 def _span(s: dict[str, float], fmt: str) -> str:
@@ -120,7 +140,7 @@ def _contenders_table(results: dict[str, Any]) -> Table:
                   f"{100 * c['epoch']['padding_fraction']:.1f}", _span(c["epoch_s"], ".1f"),
                   *([_fmt(full_epoch.get(name, {}).get("epoch_s"), ".1f")] if full_epoch else []),
                   _percent_span(c["mfu_real"]),
-                  _fmt(mem.get("training_peak_rss_mib") or mem.get("peak_rss_mib"), ",.0f"),
+                  _fmt(training_rss(mem) if mem else None, ",.0f"),
                   *(_span(r[key], ".2f") if key in r else "-" for key in ("epoch_s", "real_tokens_per_s", "mfu_real")))
     return t
 

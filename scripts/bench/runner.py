@@ -43,6 +43,7 @@ FULL = "ours_full"  # our step doing the work the FLOPs count (and the others do
 RATIO_REFERENCES = {"epoch_s": REFERENCE, "real_tokens_per_s": REFERENCE, "mfu_real": FULL}
 SHORTCUT = "the last layer computes only the pooled first token (the same outputs, less work than the FLOPs count)"
 FULL_LAYER = "the first-token shortcut off: the last layer computes every position, as the other contenders do"
+SAME_BATCHES = ("hf_loop_same", "torch_encoder")  # other contenders stepping on exactly our batches
 CONTENDERS: dict[str, Spec] = {
     "ours": Spec("tformer", "length-bucketed", False, False, lambda w, s: C.ours(w, s),
                  f"the reference: `tformer train`'s step; {SHORTCUT}"),

@@ -59,7 +59,7 @@ MODES: dict[str, Settings] = {
                       seq2seq_overrides=("experiment=g2p", "model=tiny", "trainer.batch_size=8",
                                          "data.max_train_examples=200", "data.max_eval_examples=16", *COMMON),
                       seq2seq_steps=2,
-                      decode_sources=8, decode_batch=4, memory_for=("ours", "hf_trainer_grouped"),
+                      decode_sources=8, decode_batch=4, memory_for=("ours", "hf_trainer_grouped", "torch_encoder"),
                       sweep_reps=1),
 }
 

@@ -288,6 +288,17 @@ def _printed(results: dict) -> str:
     return console.export_text()
 
 
+def test_memory_goal_compares_ours_with_the_lowest_contender_on_our_batches() -> None:
+    results = _results()
+    results["memory"]["torch_encoder"] = {"peak_rss_mib": 390.0, "training_peak_rss_mib": None}
+    results["memory"]["hf_trainer_pad"] = {"peak_rss_mib": 100.0, "training_peak_rss_mib": 100.0}  # other batches
+    goal = {g["goal"]: g for g in report.goals(results)}["peak RSS while training vs the lowest contender, same batches"]
+    assert goal["measured"] == pytest.approx(380.0 / 390.0) and goal["met"] is True  # torch_encoder's whole peak
+    assert "nn.TransformerEncoder" in goal["detail"]
+    del results["memory"]["ours"]
+    assert {g["goal"]: g for g in report.goals(results)}[goal["goal"]]["met"] is None
+
+
 def test_printed_table_reports_the_measured_full_epoch() -> None:
     text = _printed(_results())
     assert "epoch s (one measured)" in text and "11.0" in text
