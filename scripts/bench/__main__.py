@@ -174,6 +174,16 @@ def classification(args: argparse.Namespace, settings: Settings, names: list[str
     return results
 
 
+BART = ("BART's layout: post-norm, learned positions, embedding LayerNorm, no sqrt(d) embedding scale; torch's "
+        "nn.Dropout (ours draws masks from uniforms); linear schedule")
+SEQ2SEQ_DIFFERS = {  # what differs from our encoder-decoder step, where seq2seq.SEQ2SEQ does not say
+    "ours": "the reference: `tformer train experiment=g2p`'s step",
+    "hf_loop_same": BART,
+    "hf_trainer_grouped": f"{BART}; Trainer's data loader, collator and callbacks are timed; its own "
+                          "length-grouped batches",
+}
+
+
 def seq2seq_rows(settings: Settings, log: Any) -> dict[str, Any]:
     """Training and decoding of the g2p encoder-decoder, ours against BART (no MFU: the formula is the encoder's)."""
     work = load_workload(settings, seq2seq=True)
@@ -187,6 +197,7 @@ def seq2seq_rows(settings: Settings, log: Any) -> dict[str, Any]:
         figures = runner.contender_figures(blocks[name], epochs[name], 1.0)
         figures["reps"] = [{k: v for k, v in r.items() if k not in drop} for r in figures["reps"]]
         rows[name] = {"who": seq2seq.SEQ2SEQ[name].who, "batching": seq2seq.SEQ2SEQ[name].batching,
+                      "differs": seq2seq.SEQ2SEQ[name].differs or SEQ2SEQ_DIFFERS.get(name, ""),
                       **{k: v for k, v in figures.items() if k not in drop}}
     ratios = {name: {key: runner.paired_ratio(rows["ours"], rows[name], key)
                      for key in ("epoch_s", "real_tokens_per_s")}
