@@ -211,11 +211,12 @@ def seq2seq_rows(settings: Settings, log: Any) -> dict[str, Any]:
 
 
 def profile_contenders(built: dict[str, Any], settings: Settings, out: Path, log: Any) -> dict[str, Any]:
-    """Profile ours and HF's plain loop on the same batches; operator tables go beside the JSON."""
+    """Profile ours (with and without the first-token shortcut) and HF's plain loop on the same batches; operator
+    tables go beside the JSON."""
     from .profile import profile_steps
 
     summaries = {}
-    for name in ("ours", "hf_loop_same", *[n for n in built if n in runner.WHAT_IF]):
+    for name in ("ours", runner.FULL, "hf_loop_same", *[n for n in built if n in runner.WHAT_IF]):
         if name in built:
             table, summaries[name] = profile_steps(built[name], settings.steps_bucketed // 2 or 1)
             path = out.with_name(f"{out.stem}_profile_{name}.txt")
@@ -240,7 +241,8 @@ def meta(settings: Settings, work: Any, names: list[str]) -> dict[str, Any]:
         "cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "mkl": torch.backends.mkl.is_available(), "versions": versions, "contenders": names,
         "dataset": work.cfg.data.name, "training_examples": len(work.split), "vocab_size": work.vocab_size,
-        "model": {k: m[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "dropout", "attn_dropout", "norm")},
+        "model": {k: m[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "dropout", "attn_dropout", "ffn_dropout",
+                                    "norm")},
         "model_summary": f"d_model {m.d_model}, {m.n_layers} layers, {m.n_heads} heads, FFN {m.d_ff}",
         "batch_size": settings.batch_size, "max_length": work.max_length, "reps": settings.reps,
         "rep_orders": runner.rep_orders(names, settings.reps, settings.seed),

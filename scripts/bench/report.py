@@ -292,8 +292,8 @@ def _md_header(results: dict[str, Any]) -> list[str]:
         lines += [f"**These figures are from a {meta.get('mode')} run** (tiny model, a few steps): they show that "
                   "the benchmark runs and say nothing about speed. A full run (`python -m scripts.bench`) on a quiet "
                   "machine replaces them.", ""]
-    lines += [f"- Machine: {meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads"
-              + (f"; load average (1 min) {load['start']:.2f} at the start, {load['end']:.2f} at the end" if load else ""),
+    load_text = f"; load average (1 min) {load['start']:.2f} at the start, {load['end']:.2f} at the end" if load else ""
+    lines += [f"- Machine: {meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads{load_text}",
               f"- Versions: {versions}",
               f"- Date: {meta['date']}; command: `{meta.get('command', 'python -m scripts.bench')}`",
               f"- Workload: {meta.get('dataset', '?')} ({meta.get('training_examples', 0):,} training examples), "

@@ -1,7 +1,8 @@
 """Time every contender side by side in one process, interleaving repetitions, and turn steps into figures.
 
 Repetition r runs a block of steps of every contender in turn, in an order shuffled per repetition under the
-seed, so drifting background load and cache state land on all of them alike; ratios are taken per repetition (paired), then summarised as median and min-max.
+seed, so drifting background load and cache state land on all of them alike; ratios are taken per repetition
+(paired), then summarised as median and min-max.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class Spec:
 
 
 # What every Hugging Face BERT row has that ours has not; the same sizes, dropout rates and optimizer otherwise.
-BERT = ("BERT's layout: post-norm, learned positions, embedding LayerNorm and token types, its pooler (no dropout before the "
-        "dense layer); torch's nn.Dropout (ours draws masks from uniforms); the full last layer; linear schedule")
+BERT = ("BERT's layout: post-norm, learned positions, embedding LayerNorm and token types, its pooler (no dropout "
+        "before the dense layer); torch's nn.Dropout (ours draws masks from uniforms); the full last layer; "
+        "linear schedule")
 REFERENCE = "ours"  # the shipped step: what epoch-time and tokens/s ratios divide
 FULL = "ours_full"  # our step doing the work the FLOPs count (and the others do): what MFU ratios divide
 RATIO_REFERENCES = {"epoch_s": REFERENCE, "real_tokens_per_s": REFERENCE, "mfu_real": FULL}

@@ -150,7 +150,8 @@ def test_contenders_adamw_has_tformers_groups_and_the_fused_kernel() -> None:
     theirs = C.adamw_like_ours(model, OmegaConf.create(asdict(cfg)))
     assert _groups(theirs) == _groups(ours) and len(_groups(ours)) == 2
     assert theirs.defaults["fused"] and ours.defaults["fused"]
-    assert {k: theirs.defaults[k] for k in ("lr", "betas", "eps")} == {k: ours.defaults[k] for k in ("lr", "betas", "eps")}
+    settings = ("lr", "betas", "eps")
+    assert {k: theirs.defaults[k] for k in settings} == {k: ours.defaults[k] for k in settings}
 
 
 def _torch_classifier() -> C.TorchEncoderClassifier:
@@ -264,7 +265,8 @@ def _results() -> dict:
                  "cpu": "Test CPU 3000", "cores": 2, "torch_threads": 2, "versions": {"torch": "9.9", "tformer": "1"},
                  "model_summary": "d_model 8, 1 layers, 2 heads, FFN 16", "batch_size": 4, "reps": 3,
                  "dataset": "rotten_tomatoes", "training_examples": 40},
-        "mfu_peaks": {"length-bucketed": {"rows": 120, "gflops": 10.0}, "pad to max_length": {"rows": 512, "gflops": 12.0}},
+        "mfu_peaks": {"length-bucketed": {"rows": 120, "gflops": 10.0},
+                      "pad to max_length": {"rows": 512, "gflops": 12.0}},
         "matmul_peak": {"torch.mm 8x8": {"median": 5.0, "min": 4.0, "max": 6.0, "n": 2}},
         "contenders": c, "ratios": runner.ratio_table(c),
         "padding": {"rotten_tomatoes": {"examples": 40, "mean_tokens": 25.0, "max_tokens": 60, "max_length": 128,
@@ -293,7 +295,8 @@ def test_memory_goal_compares_ours_with_the_lowest_contender_on_our_batches() ->
     results = _results()
     results["memory"]["torch_encoder"] = {"peak_rss_mib": 390.0, "training_peak_rss_mib": None}
     results["memory"]["hf_trainer_pad"] = {"peak_rss_mib": 100.0, "training_peak_rss_mib": 100.0}  # other batches
-    goal = {g["goal"]: g for g in report.goals(results)}["peak RSS while training vs the lowest contender, same batches"]
+    name = "peak RSS while training vs the lowest contender, same batches"
+    goal = {g["goal"]: g for g in report.goals(results)}[name]
     assert goal["measured"] == pytest.approx(380.0 / 390.0) and goal["met"] is True  # torch_encoder's whole peak
     assert "nn.TransformerEncoder" in goal["detail"]
     del results["memory"]["ours"]
