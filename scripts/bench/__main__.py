@@ -21,7 +21,7 @@ from transformer_cli import __version__
 from . import hf, report, runner, seq2seq, workers
 from .contenders import model_shape
 from .flops import model_shape_peak, square_peak, summary
-from .workload import MODES, Settings, load_workload
+from .workload import MODES, Settings, epoch_batches, load_workload, typical_padded_tokens
 
 DEFAULT_OUT = Path("outputs/bench/bench.json")
 
@@ -63,8 +63,9 @@ def contender_names(args: argparse.Namespace, log: Any) -> list[str]:
     unknown = [n for n in names if n not in runner.CONTENDERS]
     if unknown:
         raise SystemExit(f"unknown contender(s) {unknown}; choose from {list(runner.CONTENDERS)}")
-    if runner.REFERENCE not in names:
-        names.insert(0, runner.REFERENCE)
+    for reference in (runner.FULL, runner.REFERENCE):  # every ratio divides one of them
+        if reference not in names:
+            names.insert(0, reference)
     missing = hf.available()
     if missing:
         log(f"note: Hugging Face rows skipped: {missing}")
@@ -72,11 +73,26 @@ def contender_names(args: argparse.Namespace, log: Any) -> list[str]:
     return names
 
 
-def measure_peaks(settings: Settings, shape: Any, tokens: int, reps: int) -> dict[str, list[float]]:
-    """GFLOP/s of a square matmul and of the model's own linear shapes, per repetition."""
+PADDED, BUCKETED = "pad to max_length", "length-bucketed"  # the batch shapes an MFU peak is measured at
+
+
+def peak_rows(work: Any, settings: Settings) -> dict[str, int]:
+    """Tokens per batch (the matmuls' row count) of a typical step: bucketed batches and max_length padding."""
+    bucketed = typical_padded_tokens(epoch_batches(work, settings.batch_size, True, settings.seed),
+                                     work.split.lengths)
+    return {BUCKETED: bucketed, PADDED: settings.batch_size * work.max_length}
+
+
+def peak_key(batching: str, rows: int) -> str:
+    """The matmul_peak entry of the model-shape peak at one batching's rows."""
+    return f"model linear shapes, {rows} tokens ({batching} batch), fwd+bwd"
+
+
+def measure_peaks(settings: Settings, shape: Any, rows: dict[str, int], reps: int) -> dict[str, list[float]]:
+    """GFLOP/s of a square matmul and of the model's own linear shapes at each batching's rows, per repetition."""
     n = settings.matmul_size
     return {f"torch.mm {n}x{n}": square_peak(n, reps),
-            f"model linear shapes, {tokens} tokens, fwd+bwd": model_shape_peak(shape, tokens, reps)}
+            **{peak_key(batching, r): model_shape_peak(shape, r, reps) for batching, r in rows.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,25 +138,31 @@ def classification(args: argparse.Namespace, settings: Settings, names: list[str
     """The classification rows: matmul peaks, interleaved timing, ratios, padding, and the optional extras."""
     work = load_workload(settings)
     shape = model_shape(work)
-    peak_tokens = settings.batch_size * work.max_length
+    rows = peak_rows(work, settings)
     peak_reps = 3 if settings.mode == "full" else 2
-    peaks = measure_peaks(settings, shape, peak_tokens, peak_reps)
+    peaks = measure_peaks(settings, shape, rows, peak_reps)
     log(f"data ready ({len(work.split):,} training examples); matmul peaks measured")
     blocks, epochs, built = runner.time_contenders(work, settings, names, log)
-    for key, values in measure_peaks(settings, shape, peak_tokens, peak_reps).items():
+    for key, values in measure_peaks(settings, shape, rows, peak_reps).items():
         peaks[key] += values  # before and after the contenders: the same background load as theirs
-    model_peak = summary(peaks[f"model linear shapes, {peak_tokens} tokens, fwd+bwd"])["median"]
+    mfu_peaks = {b: {"rows": r, "gflops": summary(peaks[peak_key(b, r)])["median"]} for b, r in rows.items()}
+
+    def peak_of(name: str) -> str:
+        """The batch shape a contender's MFU is measured against: its own (padded or not)."""
+        return PADDED if runner.CONTENDERS[name].padded else BUCKETED
+
     c = {name: {"who": runner.CONTENDERS[name].who, "batching": runner.CONTENDERS[name].batching,
-                **runner.contender_figures(blocks[name], epochs[name], model_peak)} for name in names}
+                "differs": runner.CONTENDERS[name].differs, "mfu_peak": peak_of(name),
+                **runner.contender_figures(blocks[name], epochs[name], mfu_peaks[peak_of(name)]["gflops"])}
+         for name in names}
     results: dict[str, Any] = {
-        "meta": meta(settings, work, names), "mfu_peak_gflops": model_peak,
+        # MFU of each row: real-token model FLOP/s / the model-shape peak at its batching's typical batch rows
+        "meta": meta(settings, work, names), "mfu_peak_gflops": mfu_peaks[BUCKETED]["gflops"], "mfu_peaks": mfu_peaks,
         "matmul_peak": {k: summary(v) for k, v in peaks.items()}, "contenders": c,
-        "ratios": {name: {key: runner.paired_ratio(c[runner.REFERENCE], c[name], key)
-                          for key in ("epoch_s", "real_tokens_per_s", "mfu_real")}
-                   for name in names if name != runner.REFERENCE},
+        "ratios": runner.ratio_table(c), "ratio_references": runner.RATIO_REFERENCES,
     }
-    if "ours_pad" in c and "hf_loop_pad" in c:
-        results["padded_pair"] = {"mfu_real": runner.paired_ratio(c["ours_pad"], c["hf_loop_pad"], "mfu_real")}
+    if "ours_full_pad" in c and "hf_loop_pad" in c:  # the same padded shapes and the same work
+        results["padded_pair"] = {"mfu_real": runner.paired_ratio(c["ours_full_pad"], c["hf_loop_pad"], "mfu_real")}
     log("timing done; padding on the shipped datasets")
     results["padding"] = {"rotten_tomatoes": runner.padding_table(work, settings),
                           "vader": runner.padding_table(load_workload(settings, ("task=regress",)), settings)}
@@ -148,8 +170,18 @@ def classification(args: argparse.Namespace, settings: Settings, names: list[str
         results["profile"] = profile_contenders(built, settings, args.out, log)
     if args.full_epoch:
         log("one full epoch of ours")
-        results["full_epoch"] = {runner.REFERENCE: runner.full_epoch_ours(work, settings)}
+        results["full_epoch"] = {runner.REFERENCE: runner.full_epoch_ours(work, settings, c[runner.REFERENCE])}
     return results
+
+
+BART = ("BART's layout: post-norm, learned positions, embedding LayerNorm, no sqrt(d) embedding scale; torch's "
+        "nn.Dropout (ours draws masks from uniforms); linear schedule")
+SEQ2SEQ_DIFFERS = {  # what differs from our encoder-decoder step, where seq2seq.SEQ2SEQ does not say
+    "ours": "the reference: `tformer train experiment=g2p`'s step",
+    "hf_loop_same": BART,
+    "hf_trainer_grouped": f"{BART}; Trainer's data loader, collator and callbacks are timed; its own "
+                          "length-grouped batches",
+}
 
 
 def seq2seq_rows(settings: Settings, log: Any) -> dict[str, Any]:
@@ -165,6 +197,7 @@ def seq2seq_rows(settings: Settings, log: Any) -> dict[str, Any]:
         figures = runner.contender_figures(blocks[name], epochs[name], 1.0)
         figures["reps"] = [{k: v for k, v in r.items() if k not in drop} for r in figures["reps"]]
         rows[name] = {"who": seq2seq.SEQ2SEQ[name].who, "batching": seq2seq.SEQ2SEQ[name].batching,
+                      "differs": seq2seq.SEQ2SEQ[name].differs or SEQ2SEQ_DIFFERS.get(name, ""),
                       **{k: v for k, v in figures.items() if k not in drop}}
     ratios = {name: {key: runner.paired_ratio(rows["ours"], rows[name], key)
                      for key in ("epoch_s", "real_tokens_per_s")}
@@ -178,11 +211,12 @@ def seq2seq_rows(settings: Settings, log: Any) -> dict[str, Any]:
 
 
 def profile_contenders(built: dict[str, Any], settings: Settings, out: Path, log: Any) -> dict[str, Any]:
-    """Profile ours and HF's plain loop on the same batches; operator tables go beside the JSON."""
+    """Profile ours (with and without the first-token shortcut) and HF's plain loop on the same batches; operator
+    tables go beside the JSON."""
     from .profile import profile_steps
 
     summaries = {}
-    for name in ("ours", "hf_loop_same", *[n for n in built if n in runner.WHAT_IF]):
+    for name in ("ours", runner.FULL, "hf_loop_same", *[n for n in built if n in runner.WHAT_IF]):
         if name in built:
             table, summaries[name] = profile_steps(built[name], settings.steps_bucketed // 2 or 1)
             path = out.with_name(f"{out.stem}_profile_{name}.txt")
@@ -207,9 +241,11 @@ def meta(settings: Settings, work: Any, names: list[str]) -> dict[str, Any]:
         "cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "mkl": torch.backends.mkl.is_available(), "versions": versions, "contenders": names,
         "dataset": work.cfg.data.name, "training_examples": len(work.split), "vocab_size": work.vocab_size,
-        "model": {k: m[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "dropout", "attn_dropout", "norm")},
+        "model": {k: m[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "dropout", "attn_dropout", "ffn_dropout",
+                                    "norm")},
         "model_summary": f"d_model {m.d_model}, {m.n_layers} layers, {m.n_heads} heads, FFN {m.d_ff}",
         "batch_size": settings.batch_size, "max_length": work.max_length, "reps": settings.reps,
+        "rep_orders": runner.rep_orders(names, settings.reps, settings.seed),
         "settings": dataclasses.asdict(settings),
     }
 

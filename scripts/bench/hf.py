@@ -2,7 +2,8 @@
 
 Every contender gets the same token ids (our tokenizer's), so only the training machinery differs. The BERT
 config matches our model: vocabulary, d_model, layers, heads, FFN width, GELU, hidden and head dropout,
-and attention dropout (ours is 0.0; BERT's default 0.1 would force the slower non-fused attention path).
+and attention dropout (ours is 0.0; BERT's default 0.1 would force the slower non-fused attention path). Every
+contender's optimizer is fused AdamW with tformer's weight-decay groups (Trainer: optim="adamw_torch_fused").
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 from transformer_cli.data.batching import Batch
 from transformer_cli.data.tokenize import CLS, PAD, SEP, UNK
 
-from .contenders import Count, EpochShape, LoopContender, Step, model_shape
+from .contenders import Count, EpochShape, LoopContender, Step, adamw_like_ours, decayed_names, model_shape
 from .flops import step_flops
 from .workload import Settings, Workload
 
@@ -71,12 +72,13 @@ def seq2seq_labels(targets: torch.Tensor) -> torch.Tensor:
 
 
 def hf_loop(work: Workload, settings: Settings, bucket: bool, pad_to: int | None) -> LoopContender:
-    """BERT (or BART for seq2seq) in the plain PyTorch loop of HF's no_trainer examples, with our clipping."""
+    """BERT (or BART for seq2seq) in the plain PyTorch loop of HF's no_trainer examples, with our clipping and
+    our optimizer (fused AdamW, tformer's weight-decay groups)."""
     from transformers import get_linear_schedule_with_warmup
 
     cfg = work.cfg
     model = bart(work) if work.is_seq2seq else bert(work)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = adamw_like_ours(model, cfg.optim)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, 10_000)
 
     def step(batch: Batch) -> None:
@@ -91,7 +93,7 @@ def hf_loop(work: Workload, settings: Settings, bucket: bool, pad_to: int | None
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return LoopContender(work, settings, step, bucket, pad_to)
+    return LoopContender(work, settings, step, bucket, pad_to, optimizer)
 
 
 def _fast_tokenizer(work: Workload) -> Any:
@@ -118,13 +120,26 @@ class _Timer:
         self.callback = Callback()
 
 
+def _trainer_class() -> type:
+    """transformers.Trainer, its AdamW decaying the parameters tformer's would (Trainer's own rule decays the
+    embeddings); optimizer, kernel (optim="adamw_torch_fused") and schedule stay Trainer's own."""
+    from transformers import Trainer
+
+    class SameDecayTrainer(Trainer):
+        def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+            """The parameters tformer's AdamW decays."""
+            return sorted(decayed_names(model))
+
+    return SameDecayTrainer
+
+
 class TrainerContender:
     """transformers.Trainer on a dataset and collator; step times are the gaps between consecutive step
     ends, so data loading, collation and callbacks are counted. `count` says what a collated batch covers."""
 
     def __init__(self, work: Workload, settings: Settings, model: nn.Module, data: Any, collator: Any,
                  count: Callable[[dict[str, Any]], Count], grouped: bool) -> None:
-        from transformers import Trainer, TrainingArguments
+        from transformers import TrainingArguments
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
@@ -139,7 +154,9 @@ class TrainerContender:
         self.tmp = tempfile.TemporaryDirectory(prefix="tformer-bench-")
         cfg = work.cfg
         args = TrainingArguments(output_dir=self.tmp.name, per_device_train_batch_size=settings.batch_size,
-                                 learning_rate=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                 optim="adamw_torch_fused", learning_rate=cfg.optim.lr,
+                                 adam_beta1=cfg.optim.betas[0], adam_beta2=cfg.optim.betas[1],
+                                 adam_epsilon=cfg.optim.eps, weight_decay=cfg.optim.weight_decay,
                                  max_grad_norm=cfg.trainer.grad_clip, max_steps=1, logging_strategy="no",
                                  save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=0,
                                  dataloader_pin_memory=False, disable_tqdm=True, seed=settings.seed,
@@ -147,7 +164,7 @@ class TrainerContender:
         n, bs = len(work.split), settings.batch_size
         self.megabatch = max(1, min(n // (bs * 4), 50)) if grouped else 1  # transformers' default mega_batch_mult
         threads = torch.get_num_threads()
-        self.trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=recording,
+        self.trainer = _trainer_class()(model=model, args=args, train_dataset=data, data_collator=recording,
                                callbacks=[self.timer.callback])
         torch.set_num_threads(threads)  # in case accelerate picked its own count
 

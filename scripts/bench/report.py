@@ -1,8 +1,14 @@
-"""The benchmark's verdicts and its output: goals checked against the issue, rich tables, strict JSON."""
+"""The benchmark's verdicts and its output: goals checked against the issue, rich tables, strict JSON, and the
+markdown section of docs/performance.md:
+
+    python -m scripts.bench.report outputs/bench/bench.json --write docs/performance.md
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +17,15 @@ from rich.table import Table
 
 from transformer_cli.files import jsonable
 
-from .runner import REFERENCE
+from .runner import FULL, REFERENCE, SAME_BATCHES
 
 
-def _goal(name: str, target: str, measured: float | None, met: bool | None, detail: str) -> dict[str, Any]:
-    """One row of the goals table; measured None means the contenders it needs did not run."""
-    return {"goal": name, "target": target, "measured": measured, "met": met, "detail": detail}
+def _goal(name: str, target: str, measured: float | None, met: bool | None, detail: str,
+          spread: dict[str, float] | None = None) -> dict[str, Any]:
+    """One row of the goals table; measured None means the contenders it needs did not run. A timed figure
+    also gives its range over the repetitions (`spread`: a summary with min and max); others have none."""
+    return {"goal": name, "target": target, "measured": measured, "met": met, "detail": detail,
+            "min": spread["min"] if spread else None, "max": spread["max"] if spread else None}
 
 
 def _ratio_goal(name: str, ratio: dict[str, float] | None, target: float, at_most: bool,
@@ -26,7 +35,7 @@ def _ratio_goal(name: str, ratio: dict[str, float] | None, target: float, at_mos
     if ratio is None:
         return _goal(name, f"{sign} {target:.3g}", None, None, f"not measured ({detail})")
     value = ratio["median"]
-    return _goal(name, f"{sign} {target:.3g}", value, value <= target if at_most else value >= target, detail)
+    return _goal(name, f"{sign} {target:.3g}", value, value <= target if at_most else value >= target, detail, ratio)
 
 
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -38,31 +47,67 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         _ratio_goal("epoch time vs HF Trainer, best settings", ratios.get("hf_trainer_grouped", {}).get("epoch_s"),
                     1 / 1.2, True, "ours / Trainer with dynamic padding + group_by_length"),
         _ratio_goal("MFU (real tokens) vs HF plain loop, same padded shapes",
-                    ratios.get("hf_loop_same", {}).get("mfu_real"), 1.2, False, "both on our length-bucketed batches"),
+                    ratios.get("hf_loop_same", {}).get("mfu_real"), 1.2, False,
+                    "ours without the first-token shortcut / HF, both on our length-bucketed batches"),
         _ratio_goal("MFU (real tokens) vs HF plain loop, both padded to max_length",
                     results.get("padded_pair", {}).get("mfu_real"), 1.2, False,
-                    "ours padded to max_length / HF padded to max_length"),
+                    "ours without the first-token shortcut / HF, both padded to max_length"),
     ]
-    ours = results["contenders"].get(REFERENCE)
-    if ours is not None:
-        mfu = ours["mfu_real"]["median"]
+    full = results["contenders"].get(FULL)
+    if full is not None:
+        mfu = full["mfu_real"]["median"]
         rows.append(_goal("our MFU (real tokens) vs model-shape matmul peak", ">= 0.7", mfu, mfu >= 0.7,
-                          "real-token model FLOP/s / matmul peak at the model's linear shapes"))
+                          "real-token model FLOP/s of ours without the first-token shortcut / matmul peak at "
+                          "the model's linear shapes", full["mfu_real"]))
     for name, table in results.get("padding", {}).items():
         waste = table["padding_fraction"]["bucketed (ours)"]
         rows.append(_goal(f"padding waste on {name}", "<= 0.05", waste, waste <= 0.05,
                           f"mean {table['mean_tokens']:.1f} tokens per example, batch {table['batch_size']}"))
+    rows.append(_memory_goal(results))
     sweep = results.get("sweep")
     if sweep:
-        value = sweep["one_thread_over_fighting"]
-        rows.append(_goal("parallel sweep: N jobs x 1 thread / N jobs x N threads", "> 1", value, value > 1,
-                          f"aggregate real tokens/s on {sweep['cores']} cores"))
+        fair = sweep["one_thread_over_one_job"]
+        rows.append(_goal("parallel sweep: N jobs x 1 thread / one N-thread job at a time", "> 1", fair["median"],
+                          fair["median"] > 1, f"aggregate real tokens/s on {sweep['cores']} cores (against N jobs x "
+                          f"N threads, oversubscribed: {_span(sweep['one_thread_over_fighting'], '.2f')})", fair))
     return rows
+
+
+def training_rss(memory: dict[str, Any]) -> float:
+    """Peak RSS while training (MiB), or the whole process's peak where it could not be told apart."""
+    return memory.get("training_peak_rss_mib") or memory["peak_rss_mib"]
+
+
+def _memory_goal(results: dict[str, Any]) -> dict[str, Any]:
+    """Our peak RSS against the lowest of the other contenders that train on exactly our batches."""
+    name = "peak RSS while training vs the lowest contender, same batches"
+    memory = results.get("memory", {})
+    theirs = {n: training_rss(memory[n]) for n in SAME_BATCHES if n in memory}
+    if REFERENCE not in memory or not theirs:
+        return _goal(name, "<= 1", None, None, "not measured (needs ours and a contender on our batches)")
+    lowest = min(theirs, key=theirs.get)
+    ours = training_rss(memory[REFERENCE])
+    ratio = ours / theirs[lowest]
+    return _goal(name, "<= 1", ratio, ratio <= 1, f"ours {ours:,.0f} MiB / {results['contenders'][lowest]['who']} "
+                 f"{theirs[lowest]:,.0f} MiB; fresh processes, each stepping on its epoch's largest batches")
 
 
 def _span(s: dict[str, float], fmt: str) -> str:
     """'median (min-max)' of a summary."""
     return f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
+
+
+def _percent_span(s: dict[str, float]) -> str:
+    """'median (min-max)' of a fraction, in per cent."""
+    return f"{100 * s['median']:.1f}% ({100 * s['min']:.1f}-{100 * s['max']:.1f})"
+
+
+def _measured(g: dict[str, Any]) -> str:
+    """A goal's measured value, with its range over the repetitions when it is timed."""
+    if g["measured"] is None:
+        return "-"
+    spread = f" ({g['min']:.3f}-{g['max']:.3f})" if g.get("min") is not None else ""
+    return f"{g['measured']:.3f}{spread}"
 
 
 def _fmt(value: float | None, fmt: str) -> str:
@@ -73,6 +118,7 @@ def _fmt(value: float | None, fmt: str) -> str:
 def print_tables(results: dict[str, Any], console: Console) -> None:
     """The contenders, the goals, padding, peaks and the sweep row, as rich tables."""
     console.print(_contenders_table(results))
+    console.print(_differs_table(results))
     console.print(_goals_table(results))
     if "seq2seq" in results:
         console.print(_seq2seq_table(results["seq2seq"]))
@@ -85,19 +131,42 @@ def _contenders_table(results: dict[str, Any]) -> Table:
     """One row per contender, with ratios ours / theirs."""
     meta = results["meta"]
     title = (f"Training throughput, {meta['model_summary']}, batch {meta['batch_size']}, fp32, "
-             f"{meta['torch_threads']} threads; median (min-max) of {meta['reps']} interleaved repetitions")
+             f"{meta['torch_threads']} threads; median (min-max) of {meta['reps']} interleaved repetitions"
+             + _peaks_note(results))
     t = Table(title=title, title_justify="left")
-    for col in ("contender", "batches", "step ms", "real tok/s", "pad %", "epoch s (est.)", "MFU real",
-                "peak RSS MiB (training)", "epoch time ours/theirs", "tok/s ours/theirs"):
+    full_epoch = results.get("full_epoch", {})
+    for col in ("contender", "batches", "step ms", "real tok/s", "pad %", "epoch s (est.)",
+                *(["epoch s (one measured)"] if full_epoch else []), "MFU real",
+                "peak RSS MiB (training)", "epoch time ours/theirs", "tok/s ours/theirs", "MFU ours full/theirs"):
         t.add_column(col, justify="left" if col in ("contender", "batches") else "right")
     for name, c in results["contenders"].items():
         r = results["ratios"].get(name, {})
         mem = results.get("memory", {}).get(name, {})
         t.add_row(c["who"], c["batching"], _span(c["step_ms"], ".0f"), _span(c["real_tokens_per_s"], ",.0f"),
                   f"{100 * c['epoch']['padding_fraction']:.1f}", _span(c["epoch_s"], ".1f"),
-                  f"{100 * c['mfu_real']['median']:.1f}%",
-                  _fmt(mem.get("training_peak_rss_mib") or mem.get("peak_rss_mib"), ",.0f"),
-                  _span(r["epoch_s"], ".2f") if r else "-", _span(r["real_tokens_per_s"], ".2f") if r else "-")
+                  *([_fmt(full_epoch.get(name, {}).get("epoch_s"), ".1f")] if full_epoch else []),
+                  _percent_span(c["mfu_real"]),
+                  _fmt(training_rss(mem) if mem else None, ",.0f"),
+                  *(_span(r[key], ".2f") if key in r else "-" for key in ("epoch_s", "real_tokens_per_s", "mfu_real")))
+    return t
+
+
+def _peaks_note(results: dict[str, Any]) -> str:
+    """Where the MFU peaks were measured: the matmul rows of each batching's typical batch."""
+    peaks = results.get("mfu_peaks", {})
+    shapes = ", ".join(f"{p['rows']:,} rows ({batching})" for batching, p in peaks.items())
+    return f"; MFU against the model-shape matmul peak at the typical batch: {shapes}" if peaks else ""
+
+
+def _differs_table(results: dict[str, Any]) -> Table:
+    """What still differs between each contender and tformer's step (same optimizer, dropout and batches)."""
+    t = Table(title="What differs from tformer's step (fused AdamW, dropout placement and sizes are the same)",
+              title_justify="left")
+    t.add_column("contender")
+    t.add_column("batches")
+    t.add_column("what differs")
+    for c in results["contenders"].values():
+        t.add_row(c["who"], c["batching"], c.get("differs", ""))
     return t
 
 
@@ -132,12 +201,12 @@ def _decoding_table(dec: dict[str, Any]) -> Table:
 
 def _goals_table(results: dict[str, Any]) -> Table:
     """The issue's goals: target, measured value, met or not."""
-    t = Table(title="Goals (ratios are medians of per-repetition ours/theirs)", title_justify="left")
+    t = Table(title="Goals (ratios: median (min-max) of per-repetition ours/theirs)", title_justify="left")
     for col in ("goal", "target", "measured", "met", "detail"):
         t.add_column(col)
     for g in results["goals"]:
         met = "-" if g["met"] is None else ("yes" if g["met"] else "NO")
-        t.add_row(g["goal"], g["target"], _fmt(g["measured"], ".3f"), met, g["detail"])
+        t.add_row(g["goal"], g["target"], _measured(g), met, g["detail"])
     return t
 
 
@@ -168,10 +237,15 @@ def _extras_table(results: dict[str, Any]) -> Table:
     sweep = results.get("sweep")
     if sweep:
         for name, row in sweep["rows"].items():
-            t.add_row(f"sweep: {name}", f"{row['real_tokens_per_s']:,.0f} real tok/s (aggregate)")
+            t.add_row(f"sweep: {name}", f"{_span(row['real_tokens_per_s'], ',.0f')} real tok/s (aggregate)")
+        n = sweep["cores"]
+        t.add_row(f"sweep: {n} jobs x 1 thread / {sweep['baseline']} (the fair baseline)",
+                  _span(sweep["one_thread_over_one_job"], ".2f"))
+        t.add_row(f"sweep: {n} jobs x 1 thread / {n} jobs x {n} threads (oversubscribed)",
+                  _span(sweep["one_thread_over_fighting"], ".2f"))
     for name, full in results.get("full_epoch", {}).items():
-        est = results["contenders"][name]["epoch_s"]["median"]
-        t.add_row(f"full epoch: {name}", f"{full['epoch_s']:.1f} s measured, {est:.1f} s estimated")
+        t.add_row(f"full epoch: {name}", f"{full['epoch_s']:.1f} s measured, {_span(full['estimated_epoch_s'], '.1f')} "
+                  f"s estimated; measured/estimated {_span(full['measured_over_estimated'], '.2f')}")
     return t
 
 
@@ -179,3 +253,185 @@ def write_json(results: dict[str, Any], path: Path) -> None:
     """Strict JSON (non-finite numbers as null), parents created."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(jsonable(results), indent=2) + "\n")
+
+
+# --- the markdown section of docs/performance.md ----------------------------------------------------------
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"  # the generated section lies between these lines
+
+
+def _md_span(s: dict[str, float] | None, fmt: str) -> str:
+    """'median (min-max)' of a summary, or a dash when it is absent."""
+    if not s or s.get("median") is None:
+        return "-"
+    return f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
+
+
+def _md_percent(s: dict[str, float] | None) -> str:
+    """'median (min-max)' of a fraction, in per cent."""
+    return "-" if not s or s.get("median") is None else _percent_span(s)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table: the first column left-aligned, figures right-aligned, text columns (named
+    'what differs' or 'detail') left-aligned; pipes in cells escaped."""
+    left = {0} | {i for i, h in enumerate(header) if h in ("batches", "what differs", "detail", "target", "verdict")}
+    align = ["---" if i in left else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+
+
+def _md_header(results: dict[str, Any]) -> list[str]:
+    """Where the figures come from: the generator, the machine, the versions, the conditions."""
+    meta = results["meta"]
+    versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+    load = meta.get("load_average_1min")
+    lines = ["_Generated by `python -m scripts.bench.report` from the benchmark's JSON: rerun the benchmark and "
+             "the generator rather than editing this section._", ""]
+    if meta.get("mode") != "full":
+        lines += [f"**These figures are from a {meta.get('mode')} run** (tiny model, a few steps): they show that "
+                  "the benchmark runs and say nothing about speed. A full run (`python -m scripts.bench`) on a quiet "
+                  "machine replaces them.", ""]
+    load_text = f"; load average (1 min) {load['start']:.2f} at the start, {load['end']:.2f} at the end" if load else ""
+    lines += [f"- Machine: {meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads{load_text}",
+              f"- Versions: {versions}",
+              f"- Date: {meta['date']}; command: `{meta.get('command', 'python -m scripts.bench')}`",
+              f"- Workload: {meta.get('dataset', '?')} ({meta.get('training_examples', 0):,} training examples), "
+              f"{meta['model_summary']}, batch {meta['batch_size']}, fp32",
+              f"- Every timed figure and ratio: median (min-max) over {meta['reps']} repetitions, the contenders in "
+              "an order shuffled per repetition under the seed; ratios are taken per repetition"]
+    peaks = results.get("mfu_peaks", {})
+    if peaks:
+        shapes = "; ".join(f"{batching}: {p['rows']:,} rows" for batching, p in peaks.items())
+        lines.append("- MFU: real-token model FLOP/s over the matmul peak of the model's linear shapes, measured in "
+                     f"the same run at a typical batch ({shapes}); the MFU ratios divide by tformer without "
+                     "the first-token shortcut, which does the work the FLOPs count")
+    return lines + [""]
+
+
+def _md_classification(results: dict[str, Any]) -> list[str]:
+    """The classification contenders, each with its ratios and what differs."""
+    full_epoch = results.get("full_epoch", {})
+    header = ["contender", "batches", "real tokens/s", "epoch s (est.)",
+              *(["epoch s (one measured)"] if full_epoch else []), "padding", "MFU (real tokens)",
+              "peak RSS MiB (training)", "epoch time ours/theirs", "tokens/s ours/theirs", "MFU ours full/theirs",
+              "what differs"]
+    rows = []
+    for name, c in results["contenders"].items():
+        r, mem = results["ratios"].get(name, {}), results.get("memory", {}).get(name)
+        rows.append([c["who"], c["batching"], _md_span(c["real_tokens_per_s"], ",.0f"), _md_span(c["epoch_s"], ".1f"),
+                     *([_fmt(full_epoch.get(name, {}).get("epoch_s"), ".1f")] if full_epoch else []),
+                     f"{100 * c['epoch']['padding_fraction']:.1f} %", _md_percent(c.get("mfu_real")),
+                     _fmt(training_rss(mem) if mem else None, ",.0f"),
+                     *(_md_span(r.get(key), ".2f") for key in ("epoch_s", "real_tokens_per_s", "mfu_real")),
+                     c.get("differs") or "-"])
+    return ["#### Classification training", "", *_md_table(header, rows), ""]
+
+
+def _md_goals(results: dict[str, Any]) -> list[str]:
+    """Every goal, met or NOT met."""
+    rows = []
+    for g in results["goals"]:
+        verdict = "not measured" if g["met"] is None else ("met" if g["met"] else "**NOT met**")
+        spread = f" ({g['min']:.3f}-{g['max']:.3f})" if g.get("min") is not None else ""
+        measured = "-" if g["measured"] is None else f"{g['measured']:.3f}{spread}"
+        rows.append([g["goal"], g["target"], measured, verdict, g["detail"]])
+    return ["#### Goals", "", *_md_table(["goal", "target", "measured", "verdict", "detail"], rows), ""]
+
+
+def _md_seq2seq(results: dict[str, Any]) -> list[str]:
+    """Encoder-decoder training and decoding, when they ran."""
+    s2s = results.get("seq2seq")
+    if not s2s:
+        return []
+    rows = []
+    for name, c in s2s["contenders"].items():
+        r = s2s["ratios"].get(name, {})
+        rows.append([c["who"], c["batching"], _md_span(c["real_tokens_per_s"], ",.0f"), _md_span(c["epoch_s"], ".1f"),
+                     f"{100 * c['epoch']['padding_fraction']:.1f} %", _md_span(r.get("epoch_s"), ".2f"),
+                     _md_span(r.get("real_tokens_per_s"), ".2f"), c.get("differs") or "-"])
+    header = ["contender", "batches", "source + target tokens/s", "epoch s (est.)", "padding",
+              "epoch time ours/theirs", "tokens/s ours/theirs", "what differs"]
+    lines = [f"#### Sequence to sequence ({s2s['experiment']} on {s2s['dataset']}, {s2s['training_pairs']:,} "
+             f"training pairs, {s2s['model_summary']}, batch {s2s['batch_size']})", "", *_md_table(header, rows), ""]
+    dec = s2s.get("decoding")
+    if dec:
+        rows = []
+        for name, row in dec["rows"].items():
+            kind = name.split(" ", 1)[1] if " " in name else name
+            ratio = dec["ratios"].get(kind) if name.startswith("ours") else None
+            rows.append([name, _md_span(row["seconds"], ".2f"), _md_span(row["sources_per_s"], ",.0f"),
+                         _md_span(ratio, ".2f"), row.get("differs") or "-"])
+        lines += [f"Decoding {dec['sources']} validation sources in batches of {dec['batch']}, every row run to the "
+                  "length limit:", "",
+                  *_md_table(["decoder", "seconds", "sources/s", "time ours/theirs", "what differs"], rows), ""]
+    return lines
+
+
+def _md_padding(results: dict[str, Any]) -> list[str]:
+    """Padding share of the shipped datasets under each batching (not timed)."""
+    tables = results.get("padding", {})
+    if not tables:
+        return []
+    kinds = list(next(iter(tables.values()))["padding_fraction"])
+    rows = [[name, f"{p['examples']:,}", f"{p['mean_tokens']:.1f}",
+             *(f"{100 * p['padding_fraction'][k]:.1f} %" for k in kinds)] for name, p in tables.items()]
+    return ["#### Padding share of computed tokens (training split, mean of 3 shuffled epochs)", "",
+            *_md_table(["dataset", "examples", "mean tokens", *kinds], rows), ""]
+
+
+def _md_other(results: dict[str, Any]) -> list[str]:
+    """Matmul peaks, parallel sweep jobs and the measured full epoch."""
+    rows = [[f"matmul peak: {name}", _md_span(s, ",.0f") + " GFLOP/s"] for name, s in results["matmul_peak"].items()]
+    sweep = results.get("sweep")
+    if sweep:
+        n = sweep["cores"]
+        rows += [[f"sweep: {name}", _md_span(row["real_tokens_per_s"], ",.0f") + " real tokens/s (aggregate)"]
+                 for name, row in sweep["rows"].items()]
+        rows += [[f"sweep: {n} jobs x 1 thread / {sweep['baseline']} (the fair baseline)",
+                  _md_span(sweep["one_thread_over_one_job"], ".2f")],
+                 [f"sweep: {n} jobs x 1 thread / {n} jobs x {n} threads (oversubscribed)",
+                  _md_span(sweep["one_thread_over_fighting"], ".2f")]]
+    for name, full in results.get("full_epoch", {}).items():
+        rows.append([f"one full epoch of {name}: measured s, estimated s, measured/estimated",
+                     f"{full['epoch_s']:.1f}, {_md_span(full['estimated_epoch_s'], '.1f')}, "
+                     f"{_md_span(full['measured_over_estimated'], '.2f')}"])
+    return ["#### Other measurements", "", *_md_table(["measurement", "value"], rows)]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The benchmark's figures as a markdown section: the machine, tables of median (min-max) with what differs
+    beside every contender, and every goal marked met or NOT met."""
+    return "\n".join([*_md_header(results), *_md_classification(results), *_md_goals(results),
+                      *_md_seq2seq(results), *_md_padding(results), *_md_other(results)]) + "\n"
+
+
+def replace_section(page: str, section: str) -> str:
+    """The page with the text between the BEGIN and END marker lines replaced by `section`."""
+    start, end = page.find(BEGIN), page.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"the page has no {BEGIN} ... {END} pair of markers")
+    return page[: start + len(BEGIN)] + "\n" + section + page[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m scripts.bench.report BENCH_JSON [--write PAGE]`: print the markdown section, or put it into PAGE."""
+    p = argparse.ArgumentParser(prog="python -m scripts.bench.report",
+                                description="Render the benchmark's JSON as the markdown section of the docs.")
+    p.add_argument("json", type=Path, help="the benchmark's JSON (python -m scripts.bench --out)")
+    p.add_argument("--write", type=Path, metavar="PAGE",
+                   help=f"replace the text between {BEGIN} and {END} in PAGE (default: print the section)")
+    args = p.parse_args(argv)
+    section = render_markdown(json.loads(args.json.read_text()))
+    if args.write is None:
+        sys.stdout.write(section)
+        return 0
+    try:
+        args.write.write_text(replace_section(args.write.read_text(), section))
+    except ValueError as err:
+        raise SystemExit(f"{args.write}: {err}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,11 +1,13 @@
 """Time every contender side by side in one process, interleaving repetitions, and turn steps into figures.
 
-Repetition r runs a block of steps of every contender in turn, so drifting background load lands on all of
-them alike; ratios are taken per repetition (paired), then summarised as median and min-max.
+Repetition r runs a block of steps of every contender in turn, in an order shuffled per repetition under the
+seed, so drifting background load and cache state land on all of them alike; ratios are taken per repetition
+(paired), then summarised as median and min-max.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,44 +26,83 @@ from .workload import Settings, Workload, epoch_batches, padding_fraction
 
 @dataclass(frozen=True)
 class Spec:
-    """One contender: who trains, on which batches, and how to build it."""
+    """One contender: who trains, on which batches, how to build it, and what still differs from our step."""
 
     who: str
     batching: str
     padded: bool  # padded to max_length: fewer, longer steps per repetition
     needs_hf: bool
     build: Callable[[Workload, Settings], Contender]
+    differs: str = ""  # every difference from tformer's step that remains (same optimizer, dropout and batches)
 
 
-REFERENCE = "ours"  # the row every ratio divides by
+# What every Hugging Face BERT row has that ours has not; the same sizes, dropout rates and optimizer otherwise.
+BERT = ("BERT's layout: post-norm, learned positions, embedding LayerNorm and token types, its pooler (no dropout "
+        "before the dense layer); torch's nn.Dropout (ours draws masks from uniforms); the full last layer; "
+        "linear schedule")
+REFERENCE = "ours"  # the shipped step: what epoch-time and tokens/s ratios divide
+FULL = "ours_full"  # our step doing the work the FLOPs count (and the others do): what MFU ratios divide
+RATIO_REFERENCES = {"epoch_s": REFERENCE, "real_tokens_per_s": REFERENCE, "mfu_real": FULL}
+SHORTCUT = "the last layer computes only the pooled first token (the same outputs, less work than the FLOPs count)"
+FULL_LAYER = "the first-token shortcut off: the last layer computes every position, as the other contenders do"
+SAME_BATCHES = ("hf_loop_same", "torch_encoder")  # other contenders stepping on exactly our batches
 CONTENDERS: dict[str, Spec] = {
-    "ours": Spec("tformer", "length-bucketed", False, False, lambda w, s: C.ours(w, s)),
+    "ours": Spec("tformer", "length-bucketed", False, False, lambda w, s: C.ours(w, s),
+                 f"the reference: `tformer train`'s step; {SHORTCUT}"),
+    "ours_full": Spec("tformer, full last layer", "length-bucketed", False, False,
+                      lambda w, s: C.ours(w, s, full_last_layer=True), f"the MFU reference: {FULL_LAYER}"),
     "ours_pad": Spec("tformer", "pad to max_length", True, False,
-                     lambda w, s: C.ours(w, s, bucket=False, pad_to=w.max_length)),
+                     lambda w, s: C.ours(w, s, bucket=False, pad_to=w.max_length),
+                     f"every batch padded to max_length (more computed tokens); {SHORTCUT}"),
+    "ours_full_pad": Spec("tformer, full last layer", "pad to max_length", True, False,
+                          lambda w, s: C.ours(w, s, bucket=False, pad_to=w.max_length, full_last_layer=True),
+                          f"every batch padded to max_length; {FULL_LAYER}"),
     "hf_loop_pad": Spec("HF BERT, plain loop", "pad to max_length", True, True,
-                        lambda w, s: hf.hf_loop(w, s, bucket=False, pad_to=w.max_length)),
+                        lambda w, s: hf.hf_loop(w, s, bucket=False, pad_to=w.max_length),
+                        f"{BERT}; every batch padded to max_length"),
     "hf_loop_same": Spec("HF BERT, plain loop", "ours (length-bucketed)", False, True,
-                         lambda w, s: hf.hf_loop(w, s, bucket=True, pad_to=None)),
+                         lambda w, s: hf.hf_loop(w, s, bucket=True, pad_to=None), BERT),
     "hf_trainer_pad": Spec("HF Trainer", "pad to max_length (example defaults)", True, True,
-                           lambda w, s: hf.trainer_classify(w, s, grouped=False)),
+                           lambda w, s: hf.trainer_classify(w, s, grouped=False),
+                           f"{BERT}; Trainer's data loader, collator and callbacks are timed; texts padded to "
+                           "max_length at tokenization, random order"),
     "hf_trainer_grouped": Spec("HF Trainer", "dynamic + group_by_length", False, True,
-                               lambda w, s: hf.trainer_classify(w, s, grouped=True)),
+                               lambda w, s: hf.trainer_classify(w, s, grouped=True),
+                               f"{BERT}; Trainer's data loader, collator and callbacks are timed; its own "
+                               "length-grouped batches (more padding than ours)"),
     "torch_encoder": Spec("nn.TransformerEncoder", "ours (length-bucketed)", False, False,
-                          lambda w, s: C.torch_encoder(w, s)),
+                          lambda w, s: C.torch_encoder(w, s),
+                          "nn.MultiheadAttention and torch's nn.Dropout (ours draws masks from uniforms); learned "
+                          "positions without sqrt(d) token scaling (ours: fixed sinusoids); the full last layer; "
+                          "mean cross-entropy, no schedule"),
 }
 WHAT_IF = {  # proposed changes to our step (what_if.py), timed only with --what-if
     f"ours+{name}": Spec(f"tformer + {name}", "length-bucketed", False, False,
-                         lambda w, s, changes=changes: C.ours(w, s, changes=changes))
+                         lambda w, s, changes=changes: C.ours(w, s, changes=changes),
+                         f"proposed change to our step: {name} (what_if.py)")
     for name, changes in VARIANTS.items()
 }
 WHAT_IF["ours+compile"] = Spec("tformer, trainer.compile=true", "length-bucketed", False, False,
-                               lambda w, s: C.ours(w, s, compile=True))
+                               lambda w, s: C.ours(w, s, compile=True),
+                               "trainer.compile=true: torch.compile with dynamic shapes (compilation in warm-up)")
 CONTENDERS.update(WHAT_IF)
 
 
 def steps_per_block(spec: Spec, settings: Settings) -> int:
     """Timed steps in one repetition of this contender."""
     return settings.steps_padded if spec.padded else settings.steps_bucketed
+
+
+def rep_orders(names: list[str], reps: int, seed: int) -> list[list[str]]:
+    """The contenders' order in each repetition, shuffled anew per repetition under the seed, so no contender
+    always runs first (cold caches) or right after the same neighbour."""
+    rng = random.Random(seed)
+    orders = []
+    for _ in range(reps):
+        order = list(names)
+        rng.shuffle(order)
+        orders.append(order)
+    return orders
 
 
 def time_contenders(work: Workload, settings: Settings, names: list[str], log: Callable[[str], None],
@@ -76,8 +117,8 @@ def time_contenders(work: Workload, settings: Settings, names: list[str], log: C
         built[name].block(settings.warmup)
         log(f"built and warmed up {name} ({time.perf_counter() - start:.1f} s)")
     blocks: dict[str, list[list[Step]]] = {name: [] for name in names}
-    for rep in range(settings.reps):
-        for name in names:
+    for rep, order in enumerate(rep_orders(names, settings.reps, settings.seed)):
+        for name in order:
             blocks[name].append(built[name].block(steps_per_block(table[name], settings)))
         log(f"repetition {rep + 1}/{settings.reps} done")
     return blocks, {name: c.epoch() for name, c in built.items()}, built
@@ -119,6 +160,14 @@ def paired_ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> dict
     return summary([a[key] / b[key] for a, b in zip(ours["reps"], theirs["reps"])])
 
 
+def ratio_table(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Paired ratios ours / theirs for every other row: epoch time and tokens/s against the shipped step
+    (`ours`), MFU against the step without the first-token shortcut (`ours_full`), which does the same work."""
+    return {name: {key: paired_ratio(figures[ref], figures[name], key)
+                   for key, ref in RATIO_REFERENCES.items() if ref in figures and ref != name}
+            for name in figures if name != REFERENCE}
+
+
 def padding_table(work: Workload, settings: Settings, epochs: int = 3) -> dict[str, Any]:
     """Padding share of one dataset's training batches under each batching, averaged over a few epochs."""
     lengths = work.split.lengths
@@ -143,13 +192,18 @@ def padding_table(work: Workload, settings: Settings, epochs: int = 3) -> dict[s
     }
 
 
-def full_epoch_ours(work: Workload, settings: Settings) -> dict[str, float]:
-    """Train ours for one real epoch through EncodedSplit.batches (no extrapolation), as a check."""
+def full_epoch_ours(work: Workload, settings: Settings, timed: dict[str, Any]) -> dict[str, Any]:
+    """Train ours for one real epoch through EncodedSplit.batches (no extrapolation), after the same untimed
+    warm-up as the timed rows, as a check of `timed`'s (ours' figures) estimated epoch time."""
     c = C.ours(work, settings)
+    c.block(settings.warmup)
     start = time.perf_counter()
     n, real = 0, 0
     for batch in work.split.batches(settings.batch_size, shuffle=True, bucket=True, seed=settings.seed, epoch=1):
         c.step_fn(batch)
         n, real = n + 1, real + batch.real_tokens
     seconds = time.perf_counter() - start
-    return {"epoch_s": seconds, "batches": n, "real_tokens_per_s": real / seconds}
+    est = timed["epoch_s"]  # the estimate's median (min-max) over the repetitions
+    return {"epoch_s": seconds, "batches": n, "real_tokens_per_s": real / seconds, "estimated_epoch_s": est,
+            "measured_over_estimated": {"median": seconds / est["median"], "min": seconds / est["max"],
+                                        "max": seconds / est["min"], "n": est["n"]}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .flops import summary
 from .workload import Settings, load_workload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,11 +147,29 @@ def run_sweep(settings: Settings, jobs: int, threads: int) -> dict[str, Any]:
 
 
 def sweep_table(settings: Settings) -> dict[str, Any]:
-    """N jobs x 1 thread against N jobs x N threads on N cores, and one job alone for reference."""
+    """N jobs x 1 thread on N cores against the fair baseline, one N-thread job at a time (a sweep's jobs run
+    one after another), and against N jobs x N threads (oversubscribed: 2N threads on N cores). Each
+    configuration runs `sweep_reps` times, in an order shuffled per repetition under the seed; ratios are paired
+    by repetition."""
     cores = os.cpu_count() or 1
-    rows = {f"1 job x {cores} threads": run_sweep(settings, 1, cores)} if settings.sweep_reference else {}
-    rows[f"{cores} jobs x 1 thread"] = run_sweep(settings, cores, 1)
-    rows[f"{cores} jobs x {cores} threads"] = run_sweep(settings, cores, cores)
-    one_thread = rows[f"{cores} jobs x 1 thread"]["real_tokens_per_s"]
-    fighting = rows[f"{cores} jobs x {cores} threads"]["real_tokens_per_s"]
-    return {"cores": cores, "rows": rows, "one_thread_over_fighting": one_thread / fighting}
+    baseline, parallel, fighting = (f"1 job x {cores} threads", f"{cores} jobs x 1 thread",
+                                    f"{cores} jobs x {cores} threads")
+    configs = {baseline: (1, cores), parallel: (cores, 1), fighting: (cores, cores)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
+    rng = random.Random(settings.seed)
+    for _ in range(settings.sweep_reps):
+        order = list(configs)
+        rng.shuffle(order)
+        for name in order:
+            runs[name].append(run_sweep(settings, *configs[name]))
+
+    def ratio(a: str, b: str) -> dict[str, float]:
+        """Aggregate real tokens/s of a over b, repetition by repetition, summarised."""
+        return summary([x["real_tokens_per_s"] / y["real_tokens_per_s"] for x, y in zip(runs[a], runs[b])])
+
+    rows = {name: {"jobs": jobs, "threads_per_job": threads,
+                   "real_tokens_per_s": summary([r["real_tokens_per_s"] for r in runs[name]]),
+                   "wall_s": summary([r["wall_s"] for r in runs[name]]), "runs": runs[name]}
+            for name, (jobs, threads) in configs.items()}
+    return {"cores": cores, "reps": settings.sweep_reps, "rows": rows, "baseline": baseline,
+            "one_thread_over_one_job": ratio(parallel, baseline), "one_thread_over_fighting": ratio(parallel, fighting)}

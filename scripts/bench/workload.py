@@ -40,14 +40,14 @@ class Settings:
     decode_sources: int  # validation sources decoded per repetition
     decode_batch: int
     memory_for: tuple[str, ...] = ()  # contenders whose peak memory is measured (empty: all)
-    sweep_reference: bool = True  # also time one job alone with every core
+    sweep_reps: int = 3  # repetitions of each sweep configuration, interleaved
     seed: int = 0
 
 
 COMMON = ("trainer.device=cpu", "trainer.precision=fp32")
 MODES: dict[str, Settings] = {
     # The issue's sizes: d_model 256, 4 layers, 4 heads, FFN 1024, batch 32 x up to 128 tokens, fp32.
-    "full": Settings("full", ("model=base", "trainer.batch_size=32", *COMMON), batch_size=32, reps=5,
+    "full": Settings("full", ("model=base", "trainer.batch_size=32", *COMMON), batch_size=32, reps=7,
                      warmup=2, steps_padded=5, steps_bucketed=20, memory_steps=3, sweep_steps=30,
                      matmul_size=4096, seq2seq_overrides=("experiment=g2p", "model=base", *COMMON), seq2seq_steps=8,
                      decode_sources=256, decode_batch=64),
@@ -59,8 +59,8 @@ MODES: dict[str, Settings] = {
                       seq2seq_overrides=("experiment=g2p", "model=tiny", "trainer.batch_size=8",
                                          "data.max_train_examples=200", "data.max_eval_examples=16", *COMMON),
                       seq2seq_steps=2,
-                      decode_sources=8, decode_batch=4, memory_for=("ours", "hf_trainer_grouped"),
-                      sweep_reference=False),
+                      decode_sources=8, decode_batch=4, memory_for=("ours", "hf_trainer_grouped", "torch_encoder"),
+                      sweep_reps=1),
 }
 
 
@@ -144,6 +144,12 @@ def representative(batches: list[np.ndarray], lengths: np.ndarray, k: int, seed:
 def padded_tokens(batches: list[np.ndarray], lengths: np.ndarray, pad_to: int | None = None) -> int:
     """Tokens the model computes over these batches: rows x (longest row, or pad_to)."""
     return sum(len(b) * (pad_to if pad_to is not None else int(lengths[b].max())) for b in batches)
+
+
+def typical_padded_tokens(batches: list[np.ndarray], lengths: np.ndarray) -> int:
+    """Computed tokens (rows x longest row) of the median full batch: the matmul height a step typically runs."""
+    full = [b for b in batches if len(b) == len(batches[0])] or batches
+    return int(np.median([len(b) * int(lengths[b].max()) for b in full]))
 
 
 def padding_fraction(batches: list[np.ndarray], lengths: np.ndarray, pad_to: int | None = None) -> float:

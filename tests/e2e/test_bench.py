@@ -28,25 +28,41 @@ def _finite_numbers(tree: object) -> bool:
 
 @pytest.mark.slow
 def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
+    """One smoke run with every optional row: cheaper than one run per flag."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "scripts.bench", "--smoke", "--out", str(out)], cwd=repo,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(repo)})
+    cmd = [sys.executable, "-m", "scripts.bench", "--smoke", "--what-if", "--full-epoch", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert {"meta", "matmul_peak", "contenders", "ratios", "padding", "memory", "sweep", "goals"} <= set(results)
     assert _finite_numbers(results)
     has_hf = "transformers" in results["meta"]["versions"]
-    default = {n: s for n, s in runner.CONTENDERS.items() if n not in runner.WHAT_IF}  # --what-if adds the rest
-    expected = set(default) if has_hf else {n for n, s in default.items() if not s.needs_hf}
+    expected = set(runner.CONTENDERS) if has_hf else {n for n, s in runner.CONTENDERS.items() if not s.needs_hf}
+    assert set(runner.WHAT_IF) <= expected  # --what-if adds every proposed change
     assert set(results["contenders"]) == expected
     if not has_hf:
         assert "Hugging Face rows skipped" in proc.stderr
+    assert set(results["ratios"]) == expected - {runner.REFERENCE}
     for name, ratio in results["ratios"].items():
-        for key in ("epoch_s", "real_tokens_per_s", "mfu_real"):
-            assert math.isfinite(ratio[key]["median"]) and ratio[key]["median"] > 0, (name, key)
+        for key, reference in runner.RATIO_REFERENCES.items():
+            if reference != name:
+                assert math.isfinite(ratio[key]["median"]) and ratio[key]["median"] > 0, (name, key)
+    if has_hf:
+        assert results["padded_pair"]["mfu_real"]["median"] > 0
     for c in results["contenders"].values():
         assert {"step_ms", "real_tokens_per_s", "epoch_s", "mfu_real", "mfu_padded", "epoch"} <= set(c)
+        assert c["differs"] and c["mfu_peak"] in results["mfu_peaks"]
+    assert all(p["rows"] > 0 and p["gflops"] > 0 for p in results["mfu_peaks"].values())
     assert set(results["padding"]) == {"rotten_tomatoes", "vader"}
     assert all(m["peak_rss_mib"] > 0 for m in results["memory"].values())
-    assert results["sweep"]["one_thread_over_fighting"] > 0
+    goals = {g["goal"]: g for g in results["goals"]}
+    memory_goal = goals["peak RSS while training vs the lowest contender, same batches"]
+    assert memory_goal["measured"] > 0  # met or not is the benchmark's verdict, not the test's
+    sweep = results["sweep"]
+    assert sweep["baseline"] in sweep["rows"] and len(sweep["rows"]) == 3
+    assert sweep["one_thread_over_one_job"]["median"] > 0 and sweep["one_thread_over_fighting"]["median"] > 0
     assert "Goals" in proc.stdout
+    full = results["full_epoch"][runner.REFERENCE]
+    assert full["epoch_s"] > 0 and full["measured_over_estimated"]["median"] > 0
+    assert "full epoch: ours" in proc.stdout
