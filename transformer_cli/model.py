@@ -93,6 +93,15 @@ class Embeddings(nn.Module):
         return after * mask.long() if mask is not None else after
 
 
+def one_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention of one query per row, (B, H, 1, hs) over (B, H, S, hs) keys and values (a (B, S) key mask or
+    None) -> (B, H, 1, hs): two batched matmuls, faster on CPU than SDPA's kernel for one query over a cache."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (B, H, 1, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    return torch.matmul(scores.softmax(-1), v)
+
+
 class KVCache:
     """One self-attention layer's keys and values of the target positions fed so far, written in place into
     buffers preallocated to `capacity` positions; rows are kept or reordered with one index_select each."""
@@ -155,6 +164,8 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hs)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, H, t+T, hs)
+            if T == 1 and not self.training:
+                return self.out(one_query_attention(q, k, v, None).transpose(1, 2).reshape(B, T, D))
         causal = mask is None and q.shape[2] > 1  # one new query may see every cached key
         if causal and k.shape[2] != q.shape[2]:
             raise ValueError("a cached causal step must feed one token at a time")
@@ -198,6 +209,8 @@ class CrossAttention(nn.Module):
         """(B, T, D) queries over (B, S) real source positions -> (B, T, D)."""
         B, T, D = x.shape
         q = self.q(x).view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, T, hs)
+        if T == 1 and not self.training:  # a decoding step
+            return self.out(one_query_attention(q, kv[0], kv[1], memory_mask).transpose(1, 2).reshape(B, T, D))
         y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=memory_mask[:, None, None, :],
                                            dropout_p=self.attn_dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
