@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from scripts.bench.command import TFORMER, run
@@ -62,7 +63,7 @@ class Mode:
 
 
 MODES = {
-    "full": Mode((*SHAPE, "trainer.max_steps=500", "data.max_eval_examples=256"), sources=256, batch=64, reps=7),
+    "full": Mode((*SHAPE, "trainer.max_steps=500", "data.max_eval_examples=128"), sources=256, batch=64, reps=7),
     "smoke": Mode(("model=tiny", "model.norm=post", "model.positional=learned", "model.embed_norm=true",
                    "trainer.max_steps=4", "trainer.batch_size=16", "data.max_train_examples=256",
                    "data.max_eval_examples=8"), sources=8, batch=4, reps=1),
@@ -278,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     restored = restore(args.checkpoint or train(mode, args.out))
     model, task = restored.model.eval(), restored.task
-    split = open_splits(restored.config.data)["validation"].read()
+    data = OmegaConf.merge(restored.config.data, {"max_eval_examples": mode.sources})  # the first N, as in training
+    split = open_splits(data)["validation"].read()
     sources = encode(restored.checkpoint.tokenizer, split.texts[: mode.sources])
     batches = length_batches(sources, task.cfg, mode.batch)
     bart = bart_from(model, model.encoder.embed.tokens.num_embeddings, 0, task.bos, task.eos)
