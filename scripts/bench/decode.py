@@ -47,6 +47,10 @@ DIFFERENCES = (
     "same weights, same batches, same beam size, length penalty and step limit; fp32 on CPU, one thread",
     "step limit: the batch's longest (a x source length + b) for every source on both sides; at that limit tformer "
     "forces EOS as the last token where generate() stops after it (outputs compared without that last token)",
+    "beam search: tformer ends a source's search with the first `beam` hypotheses that ended among each step's "
+    "2 x beam best candidates, and stops computing that source; generate() counts EOS only among the `beam` best "
+    "candidates, keeps the best `beam` ended ones, and computes every row until the whole batch is done "
+    "(the decoder rows x steps column shows the work each side did)",
     "full-length rows: tformer with eos=-1 (no token ends an output); generate() with min_new_tokens = "
     "max_new_tokens (EOS suppressed): the same steps, outputs not compared",
 )
@@ -216,10 +220,31 @@ def _until(row: list[int], eos: int) -> list[int]:
     return row[: row.index(eos)] if eos in row else row
 
 
-def time_rows(decoders: dict[str, Callable[[Batch], list[list[int]]]], batches: list[Batch], reps: int
-              ) -> tuple[dict[str, list[float]], dict[str, list[list[int]]]]:
-    """Seconds per repetition of each row (interleaved), and each row's outputs from its untimed warm-up."""
-    outputs = {name: [t for b in batches for t in go(b)] for name, go in decoders.items()}
+class StepCounter:
+    """Counts decoder calls and the rows they computed, through forward hooks on decoders (ours and BART's)."""
+
+    def __init__(self, decoders: tuple[nn.Module, ...]) -> None:
+        self.steps = 0
+        self.rows = 0
+        for decoder in decoders:
+            decoder.register_forward_hook(self.hook)
+
+    def hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        """One decoder call: (N, T, D) states out, as a tensor (ours) or a model output (BART's)."""
+        hidden = output if isinstance(output, torch.Tensor) else output.last_hidden_state
+        self.steps += 1
+        self.rows += hidden.shape[0]
+
+
+def time_rows(decoders: dict[str, Callable[[Batch], list[list[int]]]], batches: list[Batch], reps: int,
+              counter: StepCounter) -> tuple[dict[str, list[float]], dict[str, list[list[int]]], dict[str, Any]]:
+    """Seconds per repetition of each row (interleaved); each row's outputs, decoder steps and decoded rows
+    (summed over steps) from its untimed warm-up."""
+    outputs, work = {}, {}
+    for name, go in decoders.items():
+        counter.steps = counter.rows = 0
+        outputs[name] = [t for b in batches for t in go(b)]
+        work[name] = {"decoder_steps": counter.steps, "row_steps": counter.rows}
     seconds: dict[str, list[float]] = {name: [] for name in decoders}
     for _ in range(reps):
         for name, go in decoders.items():
@@ -227,19 +252,19 @@ def time_rows(decoders: dict[str, Callable[[Batch], list[list[int]]]], batches: 
             for b in batches:
                 go(b)
             seconds[name].append(time.perf_counter() - start)
-    return seconds, outputs
+    return seconds, outputs, work
 
 
-def report(seconds: dict[str, list[float]], outputs: dict[str, list[list[int]]], batches: list[Batch],
-           beam: int) -> dict[str, Any]:
-    """Examples/s per row, ours / theirs speed ratios (per repetition, then the median), output agreement and
-    how many outputs ended by EOS before their limit."""
+def report(seconds: dict[str, list[float]], outputs: dict[str, list[list[int]]], work: dict[str, Any],
+           batches: list[Batch], beam: int) -> dict[str, Any]:
+    """Examples/s and decoding work per row, ours / theirs speed ratios (per repetition, then the median),
+    output agreement and how many outputs ended by EOS before their limit."""
     n = sum(len(b[0]) for b in batches)
     limits = [int(b[2].max()) for b in batches for _ in b[2]]  # every source gets its batch's longest limit
     result: dict[str, Any] = {"sources": n, "batch": len(batches[0][0]), "rows": {}, "speedup": {},
                               "same_output": {}, "ended_by_eos": {}, "differences": list(DIFFERENCES)}
     for name, s in seconds.items():
-        result["rows"][name] = {"seconds": summary(s), "examples_per_s": summary([n / x for x in s])}
+        result["rows"][name] = {"seconds": summary(s), "examples_per_s": summary([n / x for x in s]), **work[name]}
     for kind in ("greedy", f"beam {beam}"):
         for when in ("EOS", "full"):
             ours, theirs = seconds[f"tformer {kind}, {when}"], seconds[f"generate {kind}, {when}"]
@@ -257,17 +282,18 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"{result['sources']} sources in batches of {result['batch']}; medians of "
           f"{next(iter(result['rows'].values()))['seconds']['n']} interleaved repetitions; "
           f"logits gap {result['logits_gap']:.1e}")
-    print("| decoding | stop | tformer ex/s | generate() ex/s | speed-up | same output | ended by EOS (tformer / generate) |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| decoding | stop | tformer ex/s | generate() ex/s | speed-up | decoder rows x steps (tformer / generate) "
+          "| same output | ended by EOS (tformer / generate) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for key, ratio in result["speedup"].items():
         kind, when = key.split(", ")
-        ours = result["rows"][f"tformer {key}"]["examples_per_s"]["median"]
-        theirs = result["rows"][f"generate {key}"]["examples_per_s"]["median"]
+        ours, theirs = result["rows"][f"tformer {key}"], result["rows"][f"generate {key}"]
+        work = f"{ours['row_steps']:,} / {theirs['row_steps']:,}"
         same = f"{result['same_output'][kind]:.3f}" if when == "EOS" else "-"
         ended = f"{result['ended_by_eos'][f'tformer {kind}']:.3f} / {result['ended_by_eos'][f'generate {kind}']:.3f}" \
             if when == "EOS" else "-"
-        print(f"| {kind} | {when} | {ours:.1f} | {theirs:.1f} | {ratio['median']:.2f}x "
-              f"({ratio['min']:.2f}-{ratio['max']:.2f}) | {same} | {ended} |")
+        print(f"| {kind} | {when} | {ours['examples_per_s']['median']:.1f} | {theirs['examples_per_s']['median']:.1f} "
+              f"| {ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f}) | {work} | {same} | {ended} |")
     for line in result["differences"]:
         print(f"- {line}")
 
@@ -288,10 +314,12 @@ def main(argv: list[str] | None = None) -> None:
     if gap > 1e-3:
         raise SystemExit(f"BART's logits differ from tformer's by {gap:.2e}: the weights were not mapped right")
     beam = int(task.cfg.beam_size)
+    counter = StepCounter((model.decoder, bart.model.decoder))
     with torch.no_grad():
-        seconds, outputs = time_rows(rows(model, bart, task.bos, task.eos, beam, float(task.cfg.length_penalty)),
-                                     batches, args.reps or mode.reps)
-    result = {"checkpoint": str(restored.checkpoint.path), "logits_gap": gap, **report(seconds, outputs, batches, beam)}
+        seconds, outputs, work = time_rows(rows(model, bart, task.bos, task.eos, beam, float(task.cfg.length_penalty)),
+                                           batches, args.reps or mode.reps, counter)
+    result = {"checkpoint": str(restored.checkpoint.path), "logits_gap": gap,
+              **report(seconds, outputs, work, batches, beam)}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "decode.json", result)
     print_table(result)

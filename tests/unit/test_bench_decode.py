@@ -64,12 +64,18 @@ def test_both_sides_decode_alike_and_the_report_adds_up(capsys: pytest.CaptureFi
     model = bart_layout_model(eos_bias=0.5)
     bart = decode.bart_from(model, 30, 0, BOS, EOS)
     rows = decode.rows(model, bart, BOS, EOS, beam=2, penalty=1.0)
-    seconds, outputs = decode.time_rows(rows, batches(), reps=2)
-    result = decode.report(seconds, outputs, batches(), beam=2)
+    counter = decode.StepCounter((model.decoder, bart.model.decoder))
+    seconds, outputs, work = decode.time_rows(rows, batches(), reps=2, counter=counter)
+    result = decode.report(seconds, outputs, work, batches(), beam=2)
     assert 0 < result["ended_by_eos"]["tformer greedy"] < 1  # some outputs end by EOS, some at the limit
     assert result["ended_by_eos"]["tformer greedy"] == result["ended_by_eos"]["generate greedy"]
     assert result["same_output"] == {"greedy": 1.0, "beam 2": 1.0}
     assert all(len(t) == 9 for t in outputs["tformer greedy, full"])  # no token ends an output
+    full = {side: result["rows"][f"{side} greedy, full"] for side in ("tformer", "generate")}
+    assert full["tformer"]["decoder_steps"] == full["generate"]["decoder_steps"] == 2 * 9  # 2 batches x 9 steps
+    assert full["tformer"]["row_steps"] == full["generate"]["row_steps"] == 2 * 3 * 9
+    eos = {side: result["rows"][f"{side} greedy, EOS"]["row_steps"] for side in ("tformer", "generate")}
+    assert eos["tformer"] < eos["generate"]  # ended outputs leave tformer's batch
     for key, ratio in result["speedup"].items():
         expected = [t / o for o, t in zip(seconds[f"tformer {key}"], seconds[f"generate {key}"])]
         assert ratio["n"] == 2 and ratio["min"] == min(expected)
