@@ -47,10 +47,11 @@ DIFFERENCES = (
     "same weights, same batches, same beam size, length penalty and step limit; fp32 on CPU, one thread",
     "step limit: the batch's longest (a x source length + b) for every source on both sides; at that limit tformer "
     "forces EOS as the last token where generate() stops after it (outputs compared without that last token)",
+    "work: tformer stops computing an output (greedy) or a source (beam search) once it is done; generate() "
+    "computes every row until the whole batch is done (the decoder rows x steps column shows each side's work)",
     "beam search: tformer ends a source's search with the first `beam` hypotheses that ended among each step's "
-    "2 x beam best candidates, and stops computing that source; generate() counts EOS only among the `beam` best "
-    "candidates, keeps the best `beam` ended ones, and computes every row until the whole batch is done "
-    "(the decoder rows x steps column shows the work each side did)",
+    "2 x beam best candidates; generate() counts EOS only among the `beam` best candidates and keeps the best "
+    "`beam` ended ones",
     "full-length rows: tformer with eos=-1 (no token ends an output); generate() with min_new_tokens = "
     "max_new_tokens (EOS suppressed): the same steps, outputs not compared",
 )
