@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from transformer_cli.model import Seq2SeqModel
+from transformer_cli.model import KVCache, Seq2SeqModel
 
 
 @dataclass
@@ -25,10 +25,10 @@ class Hypothesis:
 class Stepper:
     """Encoder memory and decoder caches for N running sequences; returns next-token log-probabilities."""
 
-    def __init__(self, model: Seq2SeqModel, src: Tensor, mask: Tensor, use_cache: bool) -> None:
+    def __init__(self, model: Seq2SeqModel, src: Tensor, mask: Tensor, use_cache: bool, capacity: int) -> None:
         self.model = model
         self.memory = model.encode(src, mask)  # encoder states, cross-attention keys and values, mask, ids
-        self.caches: list[dict[str, Tensor]] | None = [{} for _ in model.decoder.layers] if use_cache else None
+        self.caches = [KVCache(capacity) for _ in model.decoder.layers] if use_cache else None  # `capacity` positions
         self.fed = 0  # target positions already inside the caches
 
     def step(self, tokens: Tensor) -> Tensor:
@@ -50,7 +50,8 @@ class Stepper:
         """Reorder the decoder caches only: for moves between rows of the same source (beam search), whose
         encoder keys, values and mask are the same rows already."""
         if self.caches is not None:
-            self.caches = [{name: t[index] for name, t in cache.items()} for cache in self.caches]
+            for cache in self.caches:
+                cache.select(index)
 
 
 @torch.no_grad()
@@ -59,25 +60,32 @@ def greedy(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: int, m
     """The most probable next token at every step, until EOS or each source's max length.
 
     EOS is impossible before min_length tokens (unless the max length forces it); no_repeat_ngram > 0 bans
-    any token that would repeat an n-gram of the prefix. A length penalty cannot change a greedy choice."""
-    B = src.shape[0]
-    stepper = Stepper(model, src, mask, use_cache)
-    tokens = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
-    scores = torch.zeros(B, device=src.device)
-    done = torch.zeros(B, dtype=torch.bool, device=src.device)
-    for t in range(int(max_lens.max())):
-        logp = _hold_eos(stepper.step(tokens), t, min_length, eos)  # (B, V)
+    any token that would repeat an n-gram of the prefix. A length penalty cannot change a greedy choice.
+    A source that ended stops being computed: its rows leave the batch."""
+    B, steps, device = src.shape[0], int(max_lens.max()), src.device
+    stepper = Stepper(model, src, mask, use_cache, steps)
+    out = torch.full((B, steps), eos, dtype=torch.long, device=device)  # every source's tokens, EOS after the end
+    scores = torch.zeros(B, device=device)
+    active = torch.arange(B, device=device)  # (A,) the sources still running
+    limits = max_lens.to(device)  # (A,)
+    tokens = torch.full((B, 1), bos, dtype=torch.long, device=device)  # (A, t + 1) running prefixes
+    for t in range(steps):
+        logp = _hold_eos(stepper.step(tokens), t, min_length, eos)  # (A, V)
         if no_repeat_ngram > 0 and tokens.shape[1] >= no_repeat_ngram:
             _ban_repeats(logp, tokens, no_repeat_ngram)
-        logp = _force_eos(logp, t, max_lens, eos)
-        best = logp.argmax(-1)  # (B,)
-        best = torch.where(done, torch.full_like(best, eos), best)
-        scores += torch.where(done, torch.zeros_like(scores), logp.gather(1, best[:, None]).squeeze(1))
-        tokens = torch.cat([tokens, best[:, None]], dim=1)
-        done |= best == eos
-        if bool(done.all()):
+        logp = _force_eos(logp, t, limits, eos)
+        best = logp.argmax(-1)  # (A,)
+        scores[active] += logp.gather(1, best[:, None]).squeeze(1)
+        out[active, t] = best
+        ended = best == eos
+        if bool(ended.all()):
             break
-    return [Hypothesis(_strip(row, eos), float(s)) for row, s in zip(tokens[:, 1:].tolist(), scores.tolist())]
+        tokens = torch.cat([tokens, best[:, None]], dim=1)
+        if bool(ended.any()):
+            stay = (~ended).nonzero().squeeze(1)  # (A',)
+            active, limits, tokens = active[stay], limits[stay], tokens[stay]
+            stepper.select(stay)
+    return [Hypothesis(_strip(row, eos), float(s)) for row, s in zip(out.tolist(), scores.tolist())]
 
 
 @torch.no_grad()
@@ -87,65 +95,105 @@ def beam_search(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: i
     """Keep the `beam` best prefixes per source; a source is done once `beam` hypotheses ended in EOS.
 
     Finished hypotheses are ranked by score / length**length_penalty (length counts EOS). EOS is impossible
-    before min_length tokens (unless the max length forces it)."""
-    B, K = src.shape[0], beam
-    device = src.device
-    stepper = Stepper(model, src, mask, use_cache)
+    before min_length tokens (unless the max length forces it). A done source stops being computed: its rows
+    leave the batch in the same gather that reorders the beams."""
+    B, K, steps, device = src.shape[0], beam, int(max_lens.max()), src.device
+    stepper = Stepper(model, src, mask, use_cache, steps)
     stepper.select(torch.arange(B, device=device).repeat_interleave(K))  # (B*K,) rows: source b, beam k
-    limits = max_lens.repeat_interleave(K)
-    tokens = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
-    scores = torch.zeros(B, K, device=device)
+    finished = Finished(B, K, steps, device)
+    active = torch.arange(B, device=device)  # (A,) the sources still running
+    limits = max_lens.to(device).repeat_interleave(K)  # (A*K,)
+    tokens = torch.full((B * K, 1), bos, dtype=torch.long, device=device)  # (A*K, t + 1) running prefixes
+    scores = torch.zeros(B, K, device=device)  # (A, K)
     scores[:, 1:] = float("-inf")  # every beam starts equal: expand only the first one
-    finished: list[list[tuple[float, list[int], float]]] = [[] for _ in range(B)]
-    for t in range(int(max_lens.max())):
-        logp = _force_eos(_hold_eos(stepper.step(tokens), t, min_length, eos), t, limits, eos)  # (B*K, V)
+    for t in range(steps):
+        logp = _force_eos(_hold_eos(stepper.step(tokens), t, min_length, eos), t, limits, eos)  # (A*K, V)
         if no_repeat_ngram > 0 and tokens.shape[1] >= no_repeat_ngram:
             _ban_repeats(logp, tokens, no_repeat_ngram)
-        V = logp.shape[-1]
-        candidates = (scores.view(-1, 1) + logp).view(B, K * V)
-        top_scores, top_ids = candidates.topk(2 * K, dim=1)  # (B, 2K): enough to find K that do not end
-        origin, token = top_ids // V, top_ids % V
-        keep, next_scores, next_tokens = _advance(finished, tokens, top_scores, origin, token, eos, K, t,
-                                                  length_penalty)
-        if all(len(f) >= K for f in finished):
+        A, V = scores.shape[0], logp.shape[-1]
+        top_scores, top_ids = (scores.view(-1, 1) + logp).view(A, K * V).topk(2 * K, dim=1)  # (A, 2K)
+        origin = top_ids // V
+        keep, next_scores, next_tokens = finished.advance(active, tokens, top_scores, origin, top_ids % V, eos, t,
+                                                          length_penalty)
+        done = finished.count[active] >= K  # (A,)
+        if bool(done.all()):
             break
-        rows = (torch.arange(B, device=device)[:, None] * K + keep).view(-1)  # (B*K,) rows to continue
-        stepper.reorder(rows)  # rows stay within their source's K rows: the encoder memory needs no gather
-        tokens = torch.cat([tokens[rows], next_tokens.view(-1, 1)], dim=1)
+        rows = torch.arange(A, device=device)[:, None] * K + keep  # (A, K) rows to continue, within their source
+        if bool(done.any()):
+            stay = (~done).nonzero().squeeze(1)  # (A',)
+            active, rows, next_scores, next_tokens = active[stay], rows[stay], next_scores[stay], next_tokens[stay]
+            limits = limits.view(A, K)[stay].view(-1)
+            stepper.select(rows.view(-1))
+        else:
+            stepper.reorder(rows.view(-1))  # rows stay within their source's K rows: the encoder memory needs no gather
+        tokens = torch.cat([tokens.index_select(0, rows.view(-1)), next_tokens.view(-1, 1)], dim=1)
         scores = next_scores
-    for b in range(B):  # sources whose beams never all ended: their live prefixes compete too
-        if len(finished[b]) < K:
-            for k in range(K):
-                raw = float(scores[b, k])
-                if raw > float("-inf"):
-                    row = tokens[b * K + k, 1:].tolist()
-                    finished[b].append((raw / max(1, len(row)) ** length_penalty, row, raw))
-    return [_best(f, eos) for f in finished]
+    return finished.best(active, tokens, scores, eos, length_penalty)
 
 
-def _advance(finished: list[list[tuple[float, list[int], float]]], tokens: Tensor, top_scores: Tensor,
-             origin: Tensor, token: Tensor, eos: int, K: int, t: int, length_penalty: float
-             ) -> tuple[Tensor, Tensor, Tensor]:
-    """Move ended candidates to `finished`; pick K live ones per source: (beam origin, score, token), each (B, K)."""
-    B = top_scores.shape[0]
-    keep = torch.zeros(B, K, dtype=torch.long)
-    next_scores = torch.full((B, K), float("-inf"))
-    next_tokens = torch.full((B, K), eos, dtype=torch.long)
-    ts, os_, tk = top_scores.cpu().tolist(), origin.cpu().tolist(), token.cpu().tolist()
-    for b in range(B):
-        live = 0
-        for score, o, tok in zip(ts[b], os_[b], tk[b]):
-            if score == float("-inf") or live == K:
-                break
-            if len(finished[b]) >= K:
-                break
-            if tok == eos:
-                prefix = tokens[b * K + o, 1:].tolist()
-                finished[b].append((score / (t + 1) ** length_penalty, prefix, score))
-            else:
-                keep[b, live], next_scores[b, live], next_tokens[b, live] = o, score, tok
-                live += 1
-    return keep.to(origin.device), next_scores.to(top_scores.device), next_tokens.to(origin.device)
+class Finished:
+    """Up to K ended hypotheses per source, in the order they ended, as tensors: normalised and raw scores,
+    lengths and tokens. Slot K of every source is a sink for the candidates that are not kept."""
+
+    def __init__(self, B: int, K: int, steps: int, device: torch.device) -> None:
+        self.K = K
+        self.count = torch.zeros(B, dtype=torch.long, device=device)  # (B,) hypotheses ended so far
+        self.norm = torch.full((B, K + 1), float("-inf"), dtype=torch.float64, device=device)  # score / length**lp
+        self.raw = torch.zeros(B, K + 1, device=device)  # summed log-probabilities
+        self.lengths = torch.zeros(B, K + 1, dtype=torch.long, device=device)  # tokens before EOS
+        self.tokens = torch.zeros(B, K + 1, steps, dtype=torch.long, device=device)  # (B, K+1, steps)
+
+    def advance(self, active: Tensor, tokens: Tensor, top_scores: Tensor, origin: Tensor, token: Tensor, eos: int,
+                t: int, length_penalty: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Store the ended candidates; pick K live ones per source: (beam origin, score, token), each (A, K).
+
+        The candidates of a source are (A, 2K), best first; they are taken in that order while they are finite,
+        fewer than K live ones were taken and the source has fewer than K ended ones (as a loop over them would)."""
+        A, C = top_scores.shape
+        K = self.K
+        valid = top_scores > float("-inf")  # (A, C): a prefix of each row, as the scores are sorted
+        ends, lives = valid & (token == eos), valid & (token != eos)
+        live_before = lives.cumsum(1) - lives.long()  # (A, C) live candidates ahead of each one
+        end_before = self.count[active, None] + ends.cumsum(1) - ends.long()  # (A, C) ended ones, stored included
+        taken = (live_before < K) & (end_before < K)
+        sink = torch.full_like(origin, K)
+        live_slot = torch.where(lives & taken, live_before, sink)  # (A, C): the live slot, or K
+        keep = torch.zeros(A, K + 1, dtype=torch.long, device=origin.device).scatter_(1, live_slot, origin)[:, :K]
+        next_scores = torch.full((A, K + 1), float("-inf"), device=top_scores.device)
+        next_scores = next_scores.scatter_(1, live_slot, top_scores)[:, :K]
+        next_tokens = torch.full((A, K + 1), eos, dtype=torch.long, device=token.device)
+        next_tokens = next_tokens.scatter_(1, live_slot, token)[:, :K]
+        end_slot = torch.where(ends & taken, end_before, sink)  # (A, C): the ended slot, or K
+        source = active[:, None].expand(A, C)
+        self.norm.index_put_((source, end_slot), top_scores.double() / (t + 1) ** length_penalty)
+        self.raw.index_put_((source, end_slot), top_scores)
+        self.lengths.index_put_((source, end_slot), torch.full_like(origin, t))
+        prefixes = tokens.index_select(0, (torch.arange(A, device=origin.device)[:, None] * K + origin).view(-1))
+        self.tokens[:, :, :t].index_put_((source, end_slot), prefixes[:, 1:].view(A, C, t))
+        self.count[active] += (ends & taken).sum(1)
+        return keep.contiguous(), next_scores.contiguous(), next_tokens.contiguous()
+
+    def best(self, active: Tensor, tokens: Tensor, scores: Tensor, eos: int, length_penalty: float
+             ) -> list[Hypothesis]:
+        """Each source's highest normalised-score hypothesis; the first one ended wins a tie. Sources with fewer
+        than K ended hypotheses also rank their (A, K) live prefixes (A*K, t + 1) after their ended ones."""
+        B, K = self.count.shape[0], self.K
+        L = tokens.shape[1] - 1  # live prefixes without BOS
+        live_norm = torch.full((B, K), float("-inf"), dtype=torch.float64, device=scores.device)
+        open_ = self.count[active] < K  # (A,)
+        live_norm[active] = torch.where(open_[:, None], scores.double() / max(1, L) ** length_penalty, live_norm[active])
+        live_raw = torch.zeros(B, K, device=scores.device)
+        live_raw[active] = scores
+        live_tokens = torch.zeros(B, K, L, dtype=torch.long, device=scores.device)
+        live_tokens[active] = tokens[:, 1:].view(-1, K, L)
+        pick = torch.cat([self.norm[:, :K], live_norm], dim=1).argmax(1).tolist()  # (B,) first maximum
+        raw = torch.cat([self.raw[:, :K], live_raw], dim=1).tolist()
+        lengths = self.lengths.tolist()
+        out = []
+        for b, p in enumerate(pick):
+            row = self.tokens[b, p, : lengths[b][p]] if p < K else live_tokens[b, p - K]
+            out.append(Hypothesis(_strip(row.tolist(), eos), raw[b][p]))
+        return out
 
 
 def _hold_eos(logp: Tensor, t: int, min_length: int, eos: int) -> Tensor:
@@ -168,23 +216,19 @@ def _force_eos(logp: Tensor, t: int, limits: Tensor, eos: int) -> Tensor:
 
 
 def _ban_repeats(logp: Tensor, tokens: Tensor, n: int) -> None:
-    """Forbid any token that would repeat an n-gram already in the same prefix (in place)."""
-    rows = tokens[:, 1:].tolist()  # without BOS
-    for i, row in enumerate(rows):
-        if len(row) < n - 1:
-            continue
-        tail = tuple(row[len(row) - (n - 1):]) if n > 1 else ()
-        banned = [row[j + n - 1] for j in range(len(row) - n + 1) if tuple(row[j : j + n - 1]) == tail]
-        if banned:
-            logp[i, banned] = float("-inf")
+    """Forbid any token that would repeat an n-gram already in the same prefix (in place); (N, t + 1) prefixes
+    with BOS first."""
+    rows = tokens[:, 1:]  # (N, L) without BOS
+    L = rows.shape[1]
+    if L < n:
+        return  # no complete n-gram yet
+    grams = rows.unfold(1, n, 1)  # (N, L - n + 1, n)
+    tail = rows[:, L - (n - 1) :]  # (N, n - 1) the last n - 1 tokens
+    repeats = (grams[:, :, : n - 1] == tail[:, None, :]).all(-1)  # (N, L - n + 1) n-grams starting like the tail
+    banned = torch.zeros_like(logp).scatter_add_(1, grams[:, :, n - 1], repeats.to(logp.dtype)) > 0  # (N, V)
+    logp.masked_fill_(banned, float("-inf"))
 
 
 def _strip(row: list[int], eos: int) -> list[int]:
     """Token ids up to (not including) the first EOS."""
     return row[: row.index(eos)] if eos in row else row
-
-
-def _best(candidates: list[tuple[float, list[int], float]], eos: int) -> Hypothesis:
-    """The highest normalised-score hypothesis."""
-    _, row, raw = max(candidates, key=lambda c: c[0])
-    return Hypothesis(_strip(row, eos), raw)

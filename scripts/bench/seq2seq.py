@@ -41,10 +41,14 @@ def training_settings(work: Workload, settings: Settings) -> Settings:
 
 
 def _batches(work: Workload, size: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Validation sources sorted by length (as evaluation batches them): (ids, mask, max target lengths)."""
-    sources = work.validation
+    """The workload's validation sources in length-sorted batches."""
+    return length_batches(work.validation, work.task.cfg, size)
+
+
+def length_batches(sources: list[np.ndarray], task: Any, size: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Sources sorted by length (as evaluation batches them): (ids, mask, max target lengths) per batch, the
+    limits by the seq2seq task's rule (a x source length + b, below target_max_length)."""
     order = np.argsort([len(x) for x in sources], kind="stable")
-    task = work.task.cfg
     out = []
     for i in range(0, len(order), size):
         idx = order[i : i + size]

@@ -1,5 +1,5 @@
 """Seq2seq decoding: beam 1 equals greedy, the key/value cache changes nothing, limits, minimum lengths,
-length penalty and no-repeat n-grams."""
+length penalty and no-repeat n-grams; outputs and scores pinned on a seeded model."""
 
 from __future__ import annotations
 
@@ -77,14 +77,7 @@ def test_no_repeat_ngram() -> None:
 
 def eos_first_model() -> Seq2SeqModel:
     """A model whose most probable token is EOS at every step, by a wide margin."""
-    model = random_model(tie=False)
-    proj = torch.nn.Linear(model.proj.in_features, model.proj.out_features)  # the random weights, plus a bias
-    with torch.no_grad():
-        proj.weight.copy_(model.proj.weight)
-        proj.bias.zero_()
-        proj.bias[EOS] = 1e4
-    model.proj = proj
-    return model
+    return eos_biased_model(1e4)
 
 
 @pytest.mark.parametrize("min_length", [1, 3, 7])
@@ -146,3 +139,144 @@ def test_length_penalty_favours_longer_beams() -> None:
     short = beam_search(model, src, mask, BOS, EOS, limits, beam=4, length_penalty=0.0)
     long = beam_search(model, src, mask, BOS, EOS, limits, beam=4, length_penalty=2.0)
     assert sum(len(h.tokens) for h in long) >= sum(len(h.tokens) for h in short)
+
+
+def eos_biased_model(bias: float) -> Seq2SeqModel:
+    """random_model() with `bias` added to EOS's logit: > 0 ends hypotheses early, -1e4 never lets EOS win."""
+    model = random_model(tie=False)
+    proj = torch.nn.Linear(model.proj.in_features, model.proj.out_features)
+    with torch.no_grad():
+        proj.weight.copy_(model.proj.weight)
+        proj.bias.zero_()
+        proj.bias[EOS] = bias
+    model.proj = proj
+    return model
+
+
+# name -> (EOS bias, the eos id decoding is given, keyword arguments); beam_search when "beam" is given.
+# eos=-1: no token ends a hypothesis (the benchmark's forced full length; the forced token is the last id).
+PINNED_CASES: dict[str, tuple[float, int, dict[str, float]]] = {
+    "beam4": (0.0, EOS, {"beam": 4}),
+    "beam4_penalty_ngram_min": (0.0, EOS, {"beam": 4, "length_penalty": 0.6, "no_repeat_ngram": 2, "min_length": 3}),
+    "beam4_early_eos_penalty2": (2.0, EOS, {"beam": 4, "length_penalty": 2.0}),
+    "beam3_min4_ngram3": (2.0, EOS, {"beam": 3, "length_penalty": 0.6, "min_length": 4, "no_repeat_ngram": 3}),
+    "beam4_eos_never_wins": (-1e4, EOS, {"beam": 4, "length_penalty": 0.6}),
+    "beam4_no_eos_token": (0.0, -1, {"beam": 4, "length_penalty": 0.6}),
+    "greedy": (0.0, EOS, {}),
+    "greedy_ngram_min": (0.0, EOS, {"no_repeat_ngram": 2, "min_length": 3}),
+    "greedy_early_eos": (2.0, EOS, {}),
+    "greedy_eos_never_wins": (-1e4, EOS, {}),
+    "greedy_no_eos_token": (0.0, -1, {}),
+}
+# The outputs (tokens, score) of every case, recorded from the list-based beam search this file first tested,
+# with limits twice sources()'s: any rewrite of the decoding loops must return exactly these.
+PINNED = {
+    "beam4": [
+        ([15, 32, 15, 28, 15, 24, 2, 32, 15, 18, 15, 32, 15, 32, 15, 28, 15, 36, 28, 15, 36, 28, 15], -10.798697471618652),
+        ([15, 32, 15, 32, 15, 32, 15, 32, 15], -2.216644763946533),
+        ([37, 6, 15], -0.8523313999176025),
+        ([15, 32, 15], -1.4491734504699707),
+        ([37, 28, 16, 28, 16, 2, 32, 15, 32, 15, 32, 15, 32, 15, 32, 15, 28, 16, 28, 16, 28, 16, 28], -8.070810317993164),
+        ([15, 32, 15, 15, 13], -2.5815272331237793),
+    ],
+    "beam4_penalty_ngram_min": [
+        ([15, 32, 15], -1.9510294198989868),
+        ([15, 32, 15], -3.038970708847046),
+        ([37, 6, 15], -0.8523313999176025),
+        ([15, 32, 15], -1.4491734504699707),
+        ([37, 28, 16, 0, 15, 32, 15], -5.318506240844727),
+        ([15, 32, 15, 15, 13], -2.5815272331237793),
+    ],
+    "beam4_early_eos_penalty2": [
+        ([15, 32, 15], -0.9384570717811584),
+        ([15, 32, 15, 32, 15, 32, 15], -2.8141024112701416),
+        ([37, 6, 15], -0.729955792427063),
+        ([15, 32, 15], -1.9720866680145264),
+        ([37, 28, 16, 28, 16, 12, 13, 0, 15, 32, 15, 32, 15, 32, 15, 32, 15, 18, 15], -9.093486785888672),
+        ([15, 32, 15, 15, 13], -3.1580467224121094),
+    ],
+    "beam3_min4_ngram3": [
+        ([15, 32, 15, 28, 15], -3.5667104721069336),
+        ([15, 32, 15, 9, 15, 12, 9, 15], -4.8937788009643555),
+        ([37, 27, 14, 22, 16, 12, 12, 12, 6, 15], -5.718784332275391),
+        ([37, 27, 23, 18, 15], -4.280362129211426),
+        ([37, 28, 16, 28, 16, 2, 32, 15], -4.085658550262451),
+        ([15, 32, 15, 15, 13], -3.1580467224121094),
+    ],
+    "beam4_eos_never_wins": [
+        ([15, 32, 15, 28, 15, 32, 15, 32, 15, 18, 15, 32, 15, 32, 15, 18, 15, 36, 28, 15, 36, 28, 15], -9.343017578125),
+        ([15, 32, 15, 32, 15, 32, 15, 32, 15], -1.9481643438339233),
+        ([37, 6, 15, 4, 15, 13, 0, 15, 12, 6, 15, 12, 15, 12, 15, 15, 12, 6, 15, 12, 6, 15, 22], -8.497413635253906),
+        ([15, 32, 15, 21, 16, 12, 13, 0, 15, 22, 2, 32, 15, 32, 15], -4.807839870452881),
+        ([37, 28, 16, 28, 16, 2, 32, 15, 32, 15, 32, 15, 32, 15, 32, 15, 28, 16, 28, 16, 28, 16, 28], -7.606690883636475),
+        ([15, 32, 15, 15, 13], -2.476745367050171),
+    ],
+    "beam4_no_eos_token": [
+        ([15, 32, 15, 5, 28, 15, 32, 15, 32, 15, 32, 15, 32, 15, 32, 15, 18, 15, 36, 28, 15, 36, 28, 39], -9.074971199035645),
+        ([15, 32, 15, 32, 15, 32, 15, 32, 15, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39], -2.216644763946533),
+        ([37, 6, 15, 5, 15, 5, 15, 5, 15, 13, 15, 12, 12, 15, 15, 12, 6, 15, 12, 6, 15, 5, 15, 39], -7.2208147048950195),
+        ([15, 32, 15, 5, 28, 15, 32, 15, 5, 15, 32, 15, 32, 15, 32, 39, 39, 39, 39, 39, 39, 39, 39, 39], -4.1638689041137695),
+        ([37, 28, 16, 28, 16, 2, 32, 15, 32, 15, 32, 15, 32, 15, 32, 15, 28, 16, 28, 16, 28, 16, 28, 39], -8.070810317993164),
+        ([15, 32, 15, 15, 13, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39], -2.5815272331237793),
+    ],
+    "greedy": [
+        ([15, 32, 15, 28, 15, 24, 2, 32, 15, 18, 15, 32, 15, 32, 15, 28, 15, 36, 28, 15, 36, 28, 15], -10.798697471618652),
+        ([15, 32, 15, 32, 15, 32, 15, 32, 15], -2.216644763946533),
+        ([37, 6, 15], -0.8523313999176025),
+        ([15, 32, 15], -1.4491734504699707),
+        ([37, 28, 16, 28, 16, 12, 28, 15, 32, 15, 32, 15, 32, 15, 32, 15, 18, 15, 36, 28, 16, 28, 16], -8.924055099487305),
+        ([15, 32, 15, 13, 15], -2.728656768798828),
+    ],
+    "greedy_ngram_min": [
+        ([15, 32, 15, 28, 15, 24, 2, 32, 28, 16, 12, 15, 12, 9, 15, 15, 36, 28, 28, 9, 28, 36, 15], -48.71895980834961),
+        ([15, 32, 15, 36, 15, 12, 9, 15], -5.577694892883301),
+        ([37, 6, 15], -0.8523313999176025),
+        ([15, 32, 15], -1.4491734504699707),
+        ([37, 28, 16, 28, 15, 32, 15], -6.1568803787231445),
+        ([15, 32, 15, 13, 15], -2.728656768798828),
+    ],
+    "greedy_early_eos": [
+        ([15, 32, 15], -0.9384570717811584),
+        ([15, 32, 15], -1.3936071395874023),
+        ([37, 6, 15], -0.729955792427063),
+        ([15], -0.9702068567276001),
+        ([37, 28, 16, 28, 16, 12, 28, 15], -4.095625877380371),
+        ([15, 32, 15, 13, 15], -3.2540109157562256),
+    ],
+    "greedy_eos_never_wins": [
+        ([15, 32, 15, 28, 15, 24, 2, 32, 15, 18, 15, 32, 15, 32, 15, 28, 15, 36, 28, 15, 36, 28, 15], -10.2598876953125),
+        ([15, 32, 15, 32, 15, 32, 15, 32, 15], -1.9481643438339233),
+        ([37, 6, 15, 4, 15, 13, 0, 15, 12, 6, 15, 12, 15, 12, 15, 15, 12, 6, 15, 12, 6, 15, 22], -8.497413635253906),
+        ([15, 32, 15, 13, 24, 15, 13, 0, 15, 22, 2, 15, 32, 15, 12], -8.127315521240234),
+        ([37, 28, 16, 28, 16, 12, 28, 15, 32, 15, 32, 15, 32, 15, 32, 15, 18, 15, 36, 28, 16, 28, 16], -8.31893539428711),
+        ([15, 32, 15, 13, 15], -2.6321256160736084),
+    ],
+    "greedy_no_eos_token": [
+        ([15, 32, 15, 28, 15, 24, 2, 32, 15, 18, 15, 32, 15, 32, 15, 28, 15, 36, 28, 15, 36, 28, 15, 39], -10.798697471618652),
+        ([15, 32, 15, 32, 15, 32, 15, 32, 15, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39], -2.216644763946533),
+        ([37, 6, 15, 5, 15, 5, 15, 5, 15, 15, 12, 12, 12, 15, 15, 15, 12, 6, 15, 5, 15, 5, 15, 39], -8.614521026611328),
+        ([15, 32, 15, 5, 15, 13, 0, 15, 13, 15, 12, 15, 32, 15, 12, 39, 39, 39, 39, 39, 39, 39, 39, 39], -9.336713790893555),
+        ([37, 28, 16, 28, 16, 12, 28, 15, 32, 15, 32, 15, 32, 15, 32, 15, 18, 15, 36, 28, 16, 28, 16, 39], -8.924055099487305),
+        ([15, 32, 15, 13, 15, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39, 39], -2.728656768798828),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(PINNED_CASES))
+def test_outputs_pinned(case: str) -> None:
+    """Decoding returns the recorded tokens exactly and the recorded scores within 1e-5."""
+    bias, eos, kwargs = PINNED_CASES[case]
+    src, mask, limits = sources()
+    run = beam_search if "beam" in kwargs else greedy
+    hyps = run(eos_biased_model(bias), src, mask, BOS, eos, limits * 2, **kwargs)
+    assert [h.tokens for h in hyps] == [t for t, _ in PINNED[case]]
+    assert [h.score for h in hyps] == pytest.approx([s for _, s in PINNED[case]], abs=1e-5)
+
+
+def test_pinned_cases_cover_every_ending() -> None:
+    """The pinned cases include outputs ended by EOS before the limit, at the limit, and by a forced EOS."""
+    limits = [int(n) * 2 for n in sources()[2]]
+    lengths = {case: [len(t) for t, _ in rows] for case, rows in PINNED.items()}
+    assert any(n < limit - 1 for n, limit in zip(lengths["beam4_early_eos_penalty2"], limits))
+    assert lengths["beam4_eos_never_wins"] == [limit - 1 for limit in limits]
+    assert lengths["beam4_no_eos_token"] == [max(limits)] * len(limits)
