@@ -59,7 +59,7 @@ def test_g2p_learns_and_predicts(tmp_path: Path, compose_train: Callable, run_cl
 
 
 SUMMARIZE = ["experiment=summarize", "data.max_train_examples=1500", "data.max_eval_examples=100",
-             "data.tokenizer.max_length=48", "data.tokenizer.vocab_size=2000", "task.target_vocab_size=600",
+             "data.tokenizer.max_length=48", "data.tokenizer.vocab_size=2000",
              "model.d_model=64", "model.d_ff=128", "model.n_layers=1", "trainer.max_epochs=4",
              "trainer.batch_size=16", "schedule.warmup_steps=50", "optim.lr=3e-3", "task.beam_size=1",
              "trainer.threads=1", "trainer.progress=false"]
@@ -67,11 +67,11 @@ SUMMARIZE = ["experiment=summarize", "data.max_train_examples=1500", "data.max_e
 
 @pytest.mark.slow
 def test_summarize_learns_on_debian_descriptions(tmp_path: Path, compose_train: Callable) -> None:
-    """On 1,500 real Debian description -> synopsis pairs (376 steps), a tiny encoder-decoder learns the
-    synopses' common words: ROUGE-L leaves the 0 of its first evaluation and its loss falls. Printed next to
-    it: the lead-8 baseline (the description's first 8 words) on the same test examples, which a budget this
-    small does not come near (measured: ROUGE-L 6.1 against 24.3; docs/seq2seq.md#summarization has the
-    figures of the full preset)."""
+    """On 1,500 real Debian description -> synopsis pairs (376 steps), a tiny copying encoder-decoder (the
+    preset's shared vocabulary and copy attention) learns: its loss falls from its first evaluation (after one
+    epoch) and its test ROUGE-L passes 8 (measured: 11.7; untrained: 0; the same budget without copying: 6.1). Printed next to it: the
+    lead-8 baseline (the description's first 8 words) on the same test examples (24.3), which this budget does
+    not reach: the preset, trained on all 10,786 pairs, does (docs/seq2seq.md#summarization has the figures)."""
     import csv
 
     from transformer_cli.data.builtin import prepare_builtin
@@ -87,6 +87,6 @@ def test_summarize_learns_on_debian_descriptions(tmp_path: Path, compose_train: 
     lead = rouge([(" ".join(r["source"].split()[:8]), [r["target"]]) for r in rows])
     print("summarize test:", {k: round(v, 3) for k, v in test.items() if isinstance(v, float)}, "first eval:",
           {k: round(first[k], 3) for k in ("loss", "token_accuracy", "rougeL")}, "lead-8:", lead)
-    assert test["rougeL"] > 3.0  # an untrained decoder's outputs score 0 (so did this one at its first evaluation)
+    assert test["rougeL"] > 8.0  # an untrained decoder's outputs score 0
     assert test["loss"] < first["loss"]
     assert lead["rougeL"] > 20.0  # the baseline is computed on real pairs: far above the tiny model
