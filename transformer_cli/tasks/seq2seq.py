@@ -192,7 +192,11 @@ class Seq2SeqTask:
 
     def describe(self) -> str:
         """Target vocabulary and decoding, for `tformer plan`."""
-        return (f"target vocabulary {self.vocab_size:,} subwords; decoding with beam {self.cfg.beam_size} "
+        vocab = f"target vocabulary {self.vocab_size:,} subwords"
+        if self.cfg.shared_vocab:
+            vocab = f"one vocabulary of {self.vocab_size:,} subwords for source and target"
+            vocab += ", copy attention" if self.cfg.copy_attention else ""
+        return (f"{vocab}; decoding with beam {self.cfg.beam_size} "
                 f"(evaluations during training: beam {self.cfg.eval_beam_size}, every "
                 f"{max(1, self.cfg.eval_decode_every)}-th example); the token, FLOP and activation-memory counts "
                 "below cover the source side only")
