@@ -29,6 +29,13 @@ def read_split(path: str, column: str, regress: bool, limit: int) -> tuple[list[
     return [r["text"] for r in rows], [float(r[column]) if regress else r[column] for r in rows]
 
 
+def decayed_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters tformer's policy decays: matrices; not biases, LayerNorm weights or embeddings."""
+    return {f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+            for name, _ in module.named_parameters(recurse=False)
+            if not (name == "bias" or isinstance(module, (torch.nn.LayerNorm, torch.nn.Embedding)))}
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """tformer's policy: decay matrices; not biases, LayerNorm weights or embeddings."""
     decay, skip = [], []

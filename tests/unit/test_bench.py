@@ -357,3 +357,40 @@ def test_report_command_replaces_only_the_marked_section(tmp_path: Path) -> None
     page.write_text("no markers\n")
     with pytest.raises(SystemExit, match="markers"):
         report.main([str(bench), "--write", str(page)])
+
+
+needs_hf = pytest.mark.skipif(hf.available() is not None, reason="transformers is not installed")
+
+
+@needs_hf
+def test_trainer_script_learns_tformers_default_tokenizer() -> None:
+    from omegaconf import OmegaConf
+
+    from scripts.bench import hf_trainer_glue
+    from transformer_cli.config import TokenizerConfig
+    from transformer_cli.data.tokenize import train_tokenizer
+
+    texts = [f"{a} film, {b} acting; the {c} plot!" for a in ("a good", "A dull", "some great", "one slow")
+             for b in ("fine", "awful", "warm") for c in ("sharp", "cold", "quick", "bright")] * 3
+    ours = train_tokenizer(texts, OmegaConf.structured(TokenizerConfig(vocab_size=120, max_length=12)))
+    theirs = hf_trainer_glue.train_bpe(texts, vocab_size=120, min_frequency=2, max_length=12)
+    assert theirs.get_vocab() == ours.get_vocab()  # the same vocabulary, the same ids
+    sentence = "A GOOD film, with awful acting and a plot that goes on and on and on!"
+    assert theirs(sentence, truncation=True, max_length=12)["input_ids"] == ours.encode(sentence).ids
+
+
+@needs_hf
+def test_trainer_script_decays_the_parameters_tformers_adamw_decays() -> None:
+    from scripts.bench import hf_trainer_glue
+    from scripts.bench.hf_finetune import decayed_parameter_names
+
+    args = hf_trainer_glue.parse_args(["t.csv", "v.csv", "x.csv", "--d-model=16", "--layers=1", "--heads=2",
+                                       "--d-ff=32", "--max-positions=64"])
+    model = hf_trainer_glue.scratch_model(args, vocab_size=50, num_labels=2)
+    decayed = decayed_parameter_names(model)
+    assert decayed == C.decayed_names(model)
+    assert "bert.encoder.layer.0.attention.self.query.weight" in decayed and "classifier.weight" in decayed
+    assert not any(n.endswith("bias") or "LayerNorm" in n or "embeddings" in n for n in decayed)
+    trainer_args = hf_trainer_glue.training_arguments(args, steps=100)
+    assert trainer_args.optim == "adamw_torch_fused" and trainer_args.warmup_steps == 6  # tformer's 6 %
+    assert trainer_args.lr_scheduler_type == "cosine" and trainer_args.load_best_model_at_end
