@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="random order instead of Trainer's length-grouped batches")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-examples", type=int, default=0, help="the first N of each split (0: all)")
+    p.add_argument("--max-examples", type=int, default=0, help="the first N training examples (0: all)")
+    p.add_argument("--max-eval-examples", type=int, default=0, help="the first N of validation and test (0: all)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (0: the epochs)")
     return p.parse_args(argv)
 
@@ -209,8 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     disable_progress_bar()
     set_seed(args.seed)
-    raw = {name: read_split(path, args.label_column, args.max_examples)
-           for name, path in (("train", args.train), ("validation", args.validation), ("test", args.test))}
+    raw = {"train": read_split(args.train, args.label_column, args.max_examples),
+           **{name: read_split(path, args.label_column, args.max_eval_examples)
+              for name, path in (("validation", args.validation), ("test", args.test))}}
     names = sorted(set(raw["train"]["label"]))  # class indices in sorted label order, as tformer's
     label_ids = {name: i for i, name in enumerate(names)}
     tok_start = time.time()

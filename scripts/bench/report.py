@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -123,6 +123,8 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     if "seq2seq" in results:
         console.print(_seq2seq_table(results["seq2seq"]))
         console.print(_decoding_table(results["seq2seq"]["decoding"]))
+    if results.get("commands"):
+        console.print(_commands_table(results["commands"]))
     console.print(_padding_table(results))
     console.print(_extras_table(results))
 
@@ -182,6 +184,42 @@ def _seq2seq_table(s2s: dict[str, Any]) -> Table:
         t.add_row(c["who"], c["batching"], _span(c["step_ms"], ".0f"), _span(c["real_tokens_per_s"], ",.0f"),
                   f"{100 * c['epoch']['padding_fraction']:.1f}", _span(c["epoch_s"], ".1f"),
                   _span(r["epoch_s"], ".2f") if r else "-", _span(r["real_tokens_per_s"], ".2f") if r else "-")
+    return t
+
+
+COMMAND_SIDES = {"tformer": "tformer train", "trainer": "HF Trainer script"}
+
+
+def _commands_title(cmd: dict[str, Any]) -> str:
+    """What the whole-command comparison ran, in one line."""
+    return (f"Whole commands, process start to exit ({cmd['dataset']}, {cmd['model_summary']}, {cmd['epochs']} "
+            f"epochs, batch {cmd['batch_size']}): median (min-max) of {len(cmd['reps'])} runs each, alternating order")
+
+
+def _commands_rows(cmd: dict[str, Any], span: Callable[[dict[str, float] | None, str], str]) -> list[list[str]]:
+    """One row per command, then the ratios tformer / Trainer; times to the accuracy both reached."""
+    p = cmd["paired"]
+    rows = [[COMMAND_SIDES[side], span(cmd[side]["wall_s"], ".1f"), span(cmd[side]["validation_accuracy"], ".4f"),
+             span(cmd[side]["test_accuracy"], ".4f"), span(p[f"{side}_time_to_target_s"], ".1f")]
+            for side in ("tformer", "trainer")]
+    return rows + [["tformer / Trainer", span(p["wall_ratio"], ".2f"), "-", "-", span(p["time_to_target_ratio"], ".2f")]]
+
+
+def _commands_header(cmd: dict[str, Any]) -> list[str]:
+    """Column names of the whole-command table."""
+    target = cmd["paired"]["target_accuracy"]
+    return ["command", "whole command s", "validation accuracy (best checkpoint)", "test accuracy",
+            f"s to validation accuracy {target['median']:.4f} (both reached)"]
+
+
+def _commands_table(cmd: dict[str, Any]) -> Table:
+    """Whole commands: seconds, accuracies and the time to an accuracy both reached, with what differs."""
+    t = Table(title=_commands_title(cmd), title_justify="left", caption="still different: "
+              + "; ".join(cmd["differences"]), caption_justify="left")
+    for i, col in enumerate(_commands_header(cmd)):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in _commands_rows(cmd, lambda s, fmt: _span(s, fmt) if s else "-"):
+        t.add_row(*row)
     return t
 
 

@@ -30,7 +30,8 @@ def _finite_numbers(tree: object) -> bool:
 def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
     """One smoke run with every optional row: cheaper than one run per flag."""
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "scripts.bench", "--smoke", "--what-if", "--full-epoch", "--out", str(out)]
+    cmd = [sys.executable, "-m", "scripts.bench", "--smoke", "--what-if", "--full-epoch", "--commands", "--out",
+           str(out)]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -66,6 +67,15 @@ def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
     full = results["full_epoch"][runner.REFERENCE]
     assert full["epoch_s"] > 0 and full["measured_over_estimated"]["median"] > 0
     assert "full epoch: ours" in proc.stdout
+    if has_hf:  # whole commands: `tformer train` against the Trainer script, on the same clock
+        commands = results["commands"]
+        assert len(commands["reps"]) == 1 and commands["differences"]
+        for side in ("tformer", "trainer"):
+            rep = commands["reps"][0][side]
+            assert rep["wall_s"] > 0 and [e["epoch"] for e in rep["epochs"]] == [1, 2]
+            assert 0 < rep["epochs"][0]["elapsed_s"] < rep["wall_s"] and 0 <= rep["test_accuracy"] <= 1
+        assert commands["paired"]["time_to_target_ratio"]["median"] > 0
+        assert "Whole commands" in proc.stdout
 
 
 @pytest.mark.slow

@@ -394,3 +394,43 @@ def test_trainer_script_decays_the_parameters_tformers_adamw_decays() -> None:
     trainer_args = hf_trainer_glue.training_arguments(args, steps=100)
     assert trainer_args.optim == "adamw_torch_fused" and trainer_args.warmup_steps == 6  # tformer's 6 %
     assert trainer_args.lr_scheduler_type == "cosine" and trainer_args.load_best_model_at_end
+
+
+def test_trainer_script_gets_the_default_runs_sizes_and_settings() -> None:
+    from scripts.bench import commands
+
+    flags = commands.trainer_flags(commands.compose_default(()))
+    for flag in ("--d-model=128", "--layers=2", "--heads=4", "--d-ff=512", "--vocab-size=8000", "--max-length=128",
+                 "--epochs=4", "--batch-size=32", "--lr=0.001", "--schedule=cosine", "--warmup-ratio=0.06",
+                 "--dropout=0.1", "--attn-dropout=0.0", "--head-dropout=0.1", "--weight-decay=0.01"):
+        assert flag in flags
+    smoke = commands.trainer_flags(commands.compose_default(commands.SIZES["smoke"].overrides))
+    assert "--d-model=64" in smoke and "--epochs=2" in smoke and "--vocab-size=500" in smoke
+    with pytest.raises(SystemExit, match="tokenizer kind"):
+        commands.trainer_flags(commands.compose_default(("data.tokenizer.kind=wordpiece",)))
+    with pytest.raises(SystemExit, match="schedule"):
+        commands.trainer_flags(commands.compose_default(("schedule=noam",)))
+
+
+def test_whole_commands_are_compared_at_the_accuracy_both_reached(tmp_path: Path) -> None:
+    import json
+
+    from scripts.bench import commands
+
+    start = 1000.0
+    events = [{"event": "train", "split": "train", "epoch": 1, "loss": 0.7, "time": start + 5},
+              {"event": "eval", "split": "validation", "epoch": 1, "accuracy": 0.70, "time": start + 10},
+              {"event": "eval", "split": "validation", "epoch": 2, "accuracy": 0.74, "time": start + 20},
+              {"event": "final", "split": "validation", "accuracy": 0.74, "time": start + 25}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    ours = {"wall_s": 30.0, "epochs": commands.tformer_epochs(tmp_path, start)}
+    assert ours["epochs"] == [{"epoch": 1, "accuracy": 0.70, "elapsed_s": 10.0},
+                              {"epoch": 2, "accuracy": 0.74, "elapsed_s": 20.0}]
+    theirs = {"wall_s": 60.0, "epochs": [{"epoch": 1.0, "accuracy": 0.68, "elapsed_s": 25.0},
+                                         {"epoch": 2.0, "accuracy": 0.72, "elapsed_s": 40.0}]}
+    row = commands.paired(ours, theirs)
+    assert row["target_accuracy"] == 0.72  # the lower of the two best accuracies
+    assert row["tformer_time_to_target_s"] == 20.0 and row["trainer_time_to_target_s"] == 40.0
+    assert row["time_to_target_ratio"] == pytest.approx(0.5) and row["wall_ratio"] == pytest.approx(0.5)
+    assert commands.first_reached(theirs["epochs"], 0.9) is None
+
