@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also train ours for one whole epoch (checks the estimate)")
     p.add_argument("--commands", action="store_true",
                    help="also whole commands: `tformer train` against a Trainer script (commands.py), 3 runs each")
+    p.add_argument("--finetune", action="store_true",
+                   help="also MiniLM fine-tuning: tformer, a plain transformers loop and Trainer (finetune.py)")
     p.add_argument("--worker", choices=["memory", "sweep"], help=argparse.SUPPRESS)
     p.add_argument("--name", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -125,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         report.write_json(results, args.out)
     if args.commands:
         results["commands"] = whole_commands(settings, args.out, log)
+        report.write_json(results, args.out)
+    if args.finetune:
+        results["finetune"] = minilm_finetuning(settings, args.out, log)
         report.write_json(results, args.out)
     if not args.no_sweep:
         log("parallel sweep jobs")
@@ -223,6 +228,19 @@ def whole_commands(settings: Settings, out: Path, log: Any) -> dict[str, Any] | 
         return None
     log("whole commands: tformer train and the Trainer script, alternating")
     return commands.compare(settings.mode, out.with_name(f"{out.stem}_commands"), log)
+
+
+def minilm_finetuning(settings: Settings, out: Path, log: Any) -> dict[str, Any] | None:
+    """MiniLM fine-tuning, whole commands of tformer, the plain loop and Trainer; None without transformers."""
+    from . import finetune
+
+    missing = hf.available()
+    if missing:
+        log(f"note: MiniLM fine-tuning skipped: {missing}")
+        return None
+    log("MiniLM fine-tuning: tformer, the plain loop and Trainer, each first in turn")
+    smoke = ["--smoke", "--seeds=0"] if settings.mode == "smoke" else []
+    return finetune.section(finetune.parse_args([*smoke, f"--out={out.with_name(f'{out.stem}_finetune')}"]))
 
 
 def profile_contenders(built: dict[str, Any], settings: Settings, out: Path, log: Any) -> dict[str, Any]:

@@ -70,6 +70,32 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_goal("parallel sweep: N jobs x 1 thread / one N-thread job at a time", "> 1", fair["median"],
                           fair["median"] > 1, f"aggregate real tokens/s on {sweep['cores']} cores (against N jobs x "
                           f"N threads, oversubscribed: {_span(sweep['one_thread_over_fighting'], '.2f')})", fair))
+    return rows + finetune_goals(results.get("finetune"))
+
+
+FINETUNE_THEIRS = {"hf": ("HF plain loop", 1.3), "trainer": ("HF Trainer, best settings", 1.2)}  # name, target
+ACCURACY_TOLERANCE = 0.01  # "equal accuracy": tformer's test accuracy at most this much below theirs
+
+
+def finetune_goals(fin: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """MiniLM fine-tuning: tformer's training examples/s against each Hugging Face side, and its test accuracy
+    after the same epochs; not measured when the section did not run."""
+    rows = []
+    for side, (who, target) in FINETUNE_THEIRS.items():
+        name = f"MiniLM fine-tuning: training examples/s vs {who}"
+        acc_name = f"MiniLM fine-tuning: test accuracy vs {who}, same epochs"
+        if not fin:
+            rows += [_goal(name, f">= {target:.3g}", None, None, "not measured (--finetune)"),
+                     _goal(acc_name, f">= -{ACCURACY_TOLERANCE}", None, None, "not measured (--finetune)")]
+            continue
+        ours, theirs = fin["sides"]["tformer"]["test_accuracy"], fin["sides"][side]["test_accuracy"]
+        accuracies = (f"test accuracy tformer {_span(ours, '.4f')}, {who} {_span(theirs, '.4f')}; {fin['seeds']} "
+                      f"seed(s), {fin['epochs']} epoch(s)")
+        rows.append(_ratio_goal(name, fin["ratios"][side]["examples_per_s"], target, False,
+                                f"tformer / {who}; {accuracies}"))
+        diff = fin["ratios"][side]["test_accuracy_difference"]
+        rows.append(_goal(acc_name, f">= -{ACCURACY_TOLERANCE}", diff["median"],
+                          diff["median"] >= -ACCURACY_TOLERANCE, f"tformer minus {who}, per seed; {accuracies}", diff))
     return rows
 
 
@@ -125,6 +151,8 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
         console.print(_decoding_table(results["seq2seq"]["decoding"]))
     if results.get("commands"):
         console.print(_commands_table(results["commands"]))
+    if results.get("finetune"):
+        console.print(finetune_table(results["finetune"]))
     console.print(_padding_table(results))
     console.print(_extras_table(results))
 
@@ -219,6 +247,40 @@ def _commands_table(cmd: dict[str, Any]) -> Table:
     for i, col in enumerate(_commands_header(cmd)):
         t.add_column(col, justify="left" if i == 0 else "right")
     for row in _commands_rows(cmd, lambda s, fmt: _span(s, fmt) if s else "-"):
+        t.add_row(*row)
+    return t
+
+
+def _finetune_title(fin: dict[str, Any]) -> str:
+    """What the MiniLM comparison ran, in one line."""
+    return (f"MiniLM fine-tuning on Rotten Tomatoes (sentiment_minilm: {fin['epochs']} epoch(s), batch 32, lr 5e-5, "
+            f"linear schedule): median (min-max) over {fin['seeds']} seed(s), each side first in turn")
+
+
+FINETUNE_HEADER = ["contender", "training examples/s", "test accuracy", "validation accuracy", "whole command s",
+                   "examples/s tformer/theirs", "whole command tformer/theirs"]
+
+
+def _finetune_rows(fin: dict[str, Any], span: Callable[[dict[str, float] | None, str], str]) -> list[list[str]]:
+    """One row per side with tformer's paired ratios against it."""
+    from .finetune import SIDES
+
+    rows = []
+    for side, who in SIDES.items():
+        c, r = fin["sides"][side], fin["ratios"].get(side, {})
+        rows.append([who, span(c["examples_per_s"], ",.1f"), span(c["test_accuracy"], ".4f"),
+                     span(c["validation_accuracy"], ".4f"), span(c["wall_s"], ".1f"),
+                     span(r.get("examples_per_s"), ".2f"), span(r.get("wall_s"), ".2f")])
+    return rows
+
+
+def finetune_table(fin: dict[str, Any]) -> Table:
+    """MiniLM fine-tuning: tformer, the plain loop and Trainer on the same weights and CSVs, with what differs."""
+    t = Table(title=_finetune_title(fin), title_justify="left",
+              caption="still different: " + "; ".join(fin["differences"]), caption_justify="left")
+    for i, col in enumerate(FINETUNE_HEADER):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in _finetune_rows(fin, lambda s, fmt: _span(s, fmt) if s else "-"):
         t.add_row(*row)
     return t
 

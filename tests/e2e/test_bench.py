@@ -30,8 +30,8 @@ def _finite_numbers(tree: object) -> bool:
 def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
     """One smoke run with every optional row: cheaper than one run per flag."""
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "scripts.bench", "--smoke", "--what-if", "--full-epoch", "--commands", "--out",
-           str(out)]
+    cmd = [sys.executable, "-m", "scripts.bench", "--smoke", "--what-if", "--full-epoch", "--commands", "--finetune",
+           "--out", str(out)]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -76,6 +76,12 @@ def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
             assert 0 < rep["epochs"][0]["elapsed_s"] < rep["wall_s"] and 0 <= rep["test_accuracy"] <= 1
         assert commands["paired"]["time_to_target_ratio"]["median"] > 0
         assert "Whole commands" in proc.stdout
+        finetune = results["finetune"]  # MiniLM: tformer, the plain loop and Trainer on the same weights
+        assert set(finetune["sides"]) == {"tformer", "hf", "trainer"} and finetune["differences"]
+        for side in ("hf", "trainer"):
+            assert finetune["ratios"][side]["examples_per_s"]["median"] > 0
+        assert all(goals[g]["measured"] is not None for g in goals if g.startswith("MiniLM fine-tuning"))
+        assert "MiniLM fine-tuning" in proc.stdout
 
 
 @pytest.mark.slow

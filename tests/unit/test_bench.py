@@ -434,3 +434,36 @@ def test_whole_commands_are_compared_at_the_accuracy_both_reached(tmp_path: Path
     assert row["time_to_target_ratio"] == pytest.approx(0.5) and row["wall_ratio"] == pytest.approx(0.5)
     assert commands.first_reached(theirs["epochs"], 0.9) is None
 
+
+def _finetune_run(examples_s: float, test: float, wall: float = 100.0) -> dict:
+    """One made-up whole fine-tuning run: 1,000 examples trained in 1000 / examples_s seconds."""
+    return {"train_examples": 1000, "fit_seconds_without_evaluation": 1000 / examples_s, "wall_seconds": wall,
+            "metrics": {"test": {"accuracy": test}, "validation": {"accuracy": test}}}
+
+
+def _finetune_section() -> dict:
+    """The --finetune section of two seeds, built by finetune.figures from made-up runs."""
+    from scripts.bench import finetune
+
+    rows = {"tformer": [_finetune_run(30, 0.80), _finetune_run(28, 0.82)],
+            "hf": [_finetune_run(20, 0.81), _finetune_run(20, 0.80)],
+            "trainer": [_finetune_run(25, 0.83), _finetune_run(25, 0.84, wall=50.0)]}
+    return {"sentiment": rows, **finetune.figures(rows), "differences": list(finetune.DIFFERENCES), "epochs": 1,
+            "seeds": 2, "smoke": False}
+
+
+def test_finetune_goals_divide_examples_per_second_and_compare_accuracy_seed_by_seed() -> None:
+    fin = _finetune_section()
+    assert fin["sides"]["tformer"]["examples_per_s"]["median"] == pytest.approx(29.0)
+    assert fin["ratios"]["hf"]["examples_per_s"]["median"] == pytest.approx(1.45)  # 1.5 and 1.4
+    assert fin["ratios"]["trainer"]["wall_s"]["max"] == pytest.approx(2.0)
+    goals = {g["goal"]: g for g in report.finetune_goals(fin)}
+    assert goals["MiniLM fine-tuning: training examples/s vs HF plain loop"]["met"] is True  # 1.45 >= 1.3
+    trainer = goals["MiniLM fine-tuning: training examples/s vs HF Trainer, best settings"]
+    assert trainer["measured"] == pytest.approx(1.16) and trainer["met"] is False  # 1.2 and 1.12: median 1.16
+    assert goals["MiniLM fine-tuning: test accuracy vs HF plain loop, same epochs"]["met"] is True  # +0.005
+    accuracy = goals["MiniLM fine-tuning: test accuracy vs HF Trainer, best settings, same epochs"]
+    assert accuracy["measured"] == pytest.approx(-0.025) and accuracy["met"] is False
+    assert "0.8100 (0.8000-0.8200)" in accuracy["detail"]  # both accuracies beside the verdict
+    assert all(g["met"] is None for g in report.finetune_goals(None))  # not run: not measured
+
