@@ -468,6 +468,31 @@ def _md_seq2seq(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _md_differences(differences: list[str]) -> list[str]:
+    """What still differs, one bullet each."""
+    return ["Still different:", "", *(f"- {d}" for d in differences), ""]
+
+
+def _md_commands(results: dict[str, Any]) -> list[str]:
+    """Whole commands, `tformer train` against the Trainer script, when they ran."""
+    cmd = results.get("commands")
+    if not cmd:
+        return []
+    return [f"#### {_commands_title(cmd)}", "", f"- tformer: `{cmd['tformer_command']}`",
+            f"- Trainer: `{cmd['trainer_command']}`", "",
+            *_md_table(_commands_header(cmd), _commands_rows(cmd, _md_span)), "",
+            *_md_differences(cmd["differences"])]
+
+
+def _md_finetune(results: dict[str, Any]) -> list[str]:
+    """MiniLM fine-tuning, tformer against the plain loop and Trainer, when it ran."""
+    fin = results.get("finetune")
+    if not fin:
+        return []
+    return [f"#### {_finetune_title(fin)}", "", *_md_table(FINETUNE_HEADER, _finetune_rows(fin, _md_span)), "",
+            *_md_differences(fin["differences"])]
+
+
 def _md_padding(results: dict[str, Any]) -> list[str]:
     """Padding share of the shipped datasets under each batching (not timed)."""
     tables = results.get("padding", {})
@@ -503,7 +528,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     """The benchmark's figures as a markdown section: the machine, tables of median (min-max) with what differs
     beside every contender, and every goal marked met or NOT met."""
     return "\n".join([*_md_header(results), *_md_classification(results), *_md_goals(results),
-                      *_md_seq2seq(results), *_md_padding(results), *_md_other(results)]) + "\n"
+                      *_md_seq2seq(results), *_md_commands(results), *_md_finetune(results), *_md_padding(results),
+                      *_md_other(results)]) + "\n"
 
 
 def replace_section(page: str, section: str) -> str:

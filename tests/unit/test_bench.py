@@ -467,3 +467,42 @@ def test_finetune_goals_divide_examples_per_second_and_compare_accuracy_seed_by_
     assert "0.8100 (0.8000-0.8200)" in accuracy["detail"]  # both accuracies beside the verdict
     assert all(g["met"] is None for g in report.finetune_goals(None))  # not run: not measured
 
+
+def _commands_section() -> dict:
+    """The --commands section of three made-up repetitions, built by the benchmark's own functions."""
+    from scripts.bench import commands
+
+    reps = []
+    for ours, theirs in ((30.0, 60.0), (33.0, 55.0), (27.0, 66.0)):
+        tformer = {"wall_s": ours, "validation_accuracy": 0.74, "test_accuracy": 0.73,
+                   "epochs": [{"epoch": 1, "accuracy": 0.70, "elapsed_s": ours / 3},
+                              {"epoch": 2, "accuracy": 0.74, "elapsed_s": 2 * ours / 3}]}
+        trainer = {"wall_s": theirs, "validation_accuracy": 0.72, "test_accuracy": 0.71, "tokenizer_s": 1.5,
+                   "epochs": [{"epoch": 1.0, "accuracy": 0.72, "elapsed_s": theirs / 2},
+                              {"epoch": 2.0, "accuracy": 0.71, "elapsed_s": theirs}]}
+        reps.append({"order": ["tformer", "trainer"], "tformer": tformer, "trainer": trainer,
+                     "paired": commands.paired(tformer, trainer)})
+    return {"mode": "full", "tformer_command": "tformer train",
+            "trainer_command": "python -m scripts.bench.hf_trainer_glue TRAIN VALIDATION TEST --d-model=128",
+            "dataset": "rotten_tomatoes", "epochs": 2, "batch_size": 32, "model_summary": "d_model 128, 2 layers",
+            "reps": reps, **commands.summarise(reps), "differences": list(commands.DIFFERENCES)}
+
+
+def test_markdown_renders_the_whole_command_and_minilm_sections_with_what_differs() -> None:
+    results = {**_results(), "commands": _commands_section(), "finetune": _finetune_section()}
+    results["goals"] = report.goals(results)
+    text = report.render_markdown(results)
+    assert text.index("#### Whole commands") < text.index("#### MiniLM fine-tuning") < text.index("#### Padding")
+    assert "`python -m scripts.bench.hf_trainer_glue TRAIN VALIDATION TEST --d-model=128`" in text
+    assert "| tformer train | 30.0 (27.0-33.0) | 0.7400 (0.7400-0.7400) |" in text  # median (min-max) of 3 runs
+    assert "| tformer / Trainer | 0.50 (0.41-0.60) |" in text  # whole-command seconds, paired per run
+    assert "s to validation accuracy 0.7200 (both reached)" in text  # the lower of the two best accuracies
+    assert "| 0.67 (0.55-0.80) |" in text  # time to 0.72: tformer's second epoch against Trainer's first
+    for difference in (*results["commands"]["differences"], *results["finetune"]["differences"]):
+        assert f"- {difference}" in text
+    assert "| transformers Trainer | 25.0 (25.0-25.0) | 0.8350 (0.8300-0.8400) |" in text
+    assert "| 1.16 (1.12-1.20) |" in text  # examples/s tformer / Trainer
+    assert "| MiniLM fine-tuning: training examples/s vs HF Trainer, best settings | >= 1.2 | 1.160" in text
+    assert "**NOT met**" in text
+    without = report.render_markdown(_results())
+    assert "Whole commands" not in without and "MiniLM" in without  # goals say "not measured"; no tables
