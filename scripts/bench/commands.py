@@ -45,7 +45,8 @@ SIZES: dict[str, CommandSizes] = {
 DIFFERENCES = (
     "model layout: tformer is pre-norm with fixed sinusoidal positions and sqrt(d) embedding scale, and its last "
     "layer computes only the [CLS] position; BERT is post-norm with learned positions, token types, an embedding "
-    "LayerNorm, a pooler, and its own initialisation; the same sizes, dropout rates and head dropout",
+    "LayerNorm, its pooler (no dropout before the dense layer) and its own initialisation; the same sizes, GELU, "
+    "LayerNorm epsilon, dropout rates and head dropout",
     "dropout: torch's nn.Dropout in BERT; tformer draws its masks from uniforms",
     "batches: tformer's length-bucketed batches; Trainer's group_by_length (mega-batches of 50 batches sorted by "
     "length: more padding)",
@@ -71,7 +72,7 @@ def trainer_flags(cfg: DictConfig) -> list[str]:
     if any(unlike.values()):
         raise SystemExit(f"the Trainer script cannot match these settings: {[k for k, v in unlike.items() if v]}")
     return [f"--d-model={m.d_model}", f"--layers={m.n_layers}", f"--heads={m.n_heads}", f"--d-ff={m.d_ff}",
-            f"--max-positions={m.max_positions}", f"--dropout={m.dropout}", f"--attn-dropout={m.attn_dropout}",
+            f"--max-positions={m.max_positions}", f"--norm-eps={m.norm_eps}", f"--dropout={m.dropout}", f"--attn-dropout={m.attn_dropout}",
             f"--head-dropout={cfg.task.head_dropout}", f"--vocab-size={tok.vocab_size}",
             f"--min-frequency={tok.min_frequency}", f"--max-length={tok.max_length}", f"--epochs={tr.max_epochs}",
             f"--batch-size={tr.batch_size}", f"--eval-batch-size={tr.eval_batch_size}", f"--lr={opt.lr}",

@@ -41,6 +41,8 @@ DIFFERENCES = ("batches: tformer buckets examples by length; the plain loop shuf
                "tokenization: tformer and Trainer tokenize each split once; the plain loop tokenizes every batch "
                "with AutoTokenizer",
                "tformer's last layer computes only the [CLS] position the head reads",
+               "evaluation batches: tformer and the plain loop evaluate length-sorted batches of 128; Trainer in "
+               "file order, each batch padded to its longest",
                "evaluation and checkpoints: tformer and Trainer evaluate validation and write a checkpoint every "
                "epoch, then load the best for the final evaluation; the plain loop evaluates once at the end and "
                "writes none. Training examples/s divide by the fit without its evaluations, checkpoint writes "

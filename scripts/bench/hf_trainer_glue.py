@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--max-length", type=int, default=128, help="tokens per example, [CLS] and [SEP] included")
+    p.add_argument("--norm-eps", type=float, default=1e-5, help="LayerNorm epsilon")
     p.add_argument("--dropout", type=float, default=0.1, help="hidden (embeddings, residual branches)")
     p.add_argument("--attn-dropout", type=float, default=0.0)
     p.add_argument("--head-dropout", type=float, default=0.1)
@@ -127,7 +128,7 @@ def scratch_model(args: argparse.Namespace, vocab_size: int, num_labels: int) ->
                         num_attention_heads=args.heads, intermediate_size=args.d_ff, hidden_act="gelu",
                         hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.attn_dropout,
                         classifier_dropout=args.head_dropout, max_position_embeddings=args.max_positions,
-                        num_labels=num_labels, pad_token_id=0)
+                        layer_norm_eps=args.norm_eps, num_labels=num_labels, pad_token_id=0)
     config._attn_implementation = "sdpa"
     return BertForSequenceClassification(config)
 

@@ -387,6 +387,7 @@ def test_trainer_script_decays_the_parameters_tformers_adamw_decays() -> None:
     args = hf_trainer_glue.parse_args(["t.csv", "v.csv", "x.csv", "--d-model=16", "--layers=1", "--heads=2",
                                        "--d-ff=32", "--max-positions=64"])
     model = hf_trainer_glue.scratch_model(args, vocab_size=50, num_labels=2)
+    assert model.config.layer_norm_eps == 1e-5 and model.config.attention_probs_dropout_prob == 0.0  # tformer's
     decayed = decayed_parameter_names(model)
     assert decayed == C.decayed_names(model)
     assert "bert.encoder.layer.0.attention.self.query.weight" in decayed and "classifier.weight" in decayed
@@ -401,6 +402,7 @@ def test_trainer_script_gets_the_default_runs_sizes_and_settings() -> None:
 
     flags = commands.trainer_flags(commands.compose_default(()))
     for flag in ("--d-model=128", "--layers=2", "--heads=4", "--d-ff=512", "--vocab-size=8000", "--max-length=128",
+                 "--norm-eps=1e-05",
                  "--epochs=4", "--batch-size=32", "--lr=0.001", "--schedule=cosine", "--warmup-ratio=0.06",
                  "--dropout=0.1", "--attn-dropout=0.0", "--head-dropout=0.1", "--weight-decay=0.01"):
         assert flag in flags
@@ -410,6 +412,15 @@ def test_trainer_script_gets_the_default_runs_sizes_and_settings() -> None:
         commands.trainer_flags(commands.compose_default(("data.tokenizer.kind=wordpiece",)))
     with pytest.raises(SystemExit, match="schedule"):
         commands.trainer_flags(commands.compose_default(("schedule=noam",)))
+
+
+@needs_hf
+def test_trainer_scripts_defaults_are_the_default_runs_settings() -> None:
+    from scripts.bench import commands, hf_trainer_glue
+
+    files = ["t.csv", "v.csv", "x.csv"]
+    flags = commands.trainer_flags(commands.compose_default(()))
+    assert vars(hf_trainer_glue.parse_args([*files, *flags])) == vars(hf_trainer_glue.parse_args(files))
 
 
 def test_whole_commands_are_compared_at_the_accuracy_both_reached(tmp_path: Path) -> None:
