@@ -216,13 +216,14 @@ def main(argv: list[str] | None = None) -> None:
               for name, path in (("validation", args.validation), ("test", args.test))}}
     names = sorted(set(raw["train"]["label"]))  # class indices in sorted label order, as tformer's
     label_ids = {name: i for i, name in enumerate(names)}
-    tok_start = time.time()
     if args.model_dir:
         tokenizer, model = pretrained_model(args, len(names))
+        tokenizer_seconds = 0.0  # the model's own: nothing to learn
     else:
+        tok_start = time.time()
         tokenizer = train_bpe(raw["train"]["text"], args.vocab_size, args.min_frequency, args.max_length)
+        tokenizer_seconds = time.time() - tok_start
         model = scratch_model(args, len(tokenizer), len(names))
-    tokenizer_seconds = time.time() - tok_start if not args.model_dir else 0.0
 
     def encode(batch: dict[str, list[str]]) -> dict[str, Any]:
         out = tokenizer(batch["text"], truncation=True, max_length=args.max_length)
@@ -242,12 +243,11 @@ def main(argv: list[str] | None = None) -> None:
     trainer.remove_callback(log.callback)  # the evaluations below are not epochs
     final = {name: {"accuracy": trainer.evaluate(data[name], metric_key_prefix=name)[f"{name}_accuracy"]}
              for name in ("validation", "test")}
-    epochs_run = log.rows
     print(json.dumps({
-        "epochs": epochs_run, "metrics": final, "steps": result.global_step,
+        "epochs": log.rows, "metrics": final, "steps": result.global_step,
         "train_examples": round(trainer.state.epoch * len(data["train"])), "tokenizer_seconds": tokenizer_seconds,
         "vocab_size": len(tokenizer), "train_seconds": train_seconds,
-        "eval_seconds_in_fit": sum(r["eval_seconds"] for r in epochs_run),
+        "eval_seconds_in_fit": sum(r["eval_seconds"] for r in log.rows),
         "wall_seconds": time.time() - START, "start": START,
     }), flush=True)
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from transformer_cli.files import jsonable
 
+from .finetune import SIDES
 from .runner import FULL, REFERENCE, SAME_BATCHES
 
 
@@ -263,8 +264,6 @@ FINETUNE_HEADER = ["contender", "training examples/s", "test accuracy", "validat
 
 def _finetune_rows(fin: dict[str, Any], span: Callable[[dict[str, float] | None, str], str]) -> list[list[str]]:
     """One row per side with tformer's paired ratios against it."""
-    from .finetune import SIDES
-
     rows = []
     for side, who in SIDES.items():
         c, r = fin["sides"][side], fin["ratios"].get(side, {})
