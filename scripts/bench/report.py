@@ -478,7 +478,8 @@ def _md_commands(results: dict[str, Any]) -> list[str]:
     if not cmd:
         return []
     return [f"#### {_commands_title(cmd)}", "", f"- tformer: `{cmd['tformer_command']}`",
-            f"- Trainer: `{cmd['trainer_command']}`", "",
+            f"- Trainer: `{cmd['trainer_command']}`; learning its tokenizer took "
+            f"{_md_span(cmd['trainer']['tokenizer_s'], '.1f')} s of its whole command", "",
             *_md_table(_commands_header(cmd), _commands_rows(cmd, _md_span)), "",
             *_md_differences(cmd["differences"])]
 

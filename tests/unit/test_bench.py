@@ -504,7 +504,8 @@ def test_markdown_renders_the_whole_command_and_minilm_sections_with_what_differ
     results["goals"] = report.goals(results)
     text = report.render_markdown(results)
     assert text.index("#### Whole commands") < text.index("#### MiniLM fine-tuning") < text.index("#### Padding")
-    assert "`python -m scripts.bench.hf_trainer_glue TRAIN VALIDATION TEST --d-model=128`" in text
+    assert "`python -m scripts.bench.hf_trainer_glue TRAIN VALIDATION TEST --d-model=128`; learning its tokenizer " \
+           "took 1.5 (1.5-1.5) s" in text
     assert "| tformer train | 30.0 (27.0-33.0) | 0.7400 (0.7400-0.7400) |" in text  # median (min-max) of 3 runs
     assert "| tformer / Trainer | 0.50 (0.41-0.60) |" in text  # whole-command seconds, paired per run
     assert "s to validation accuracy 0.7200 (both reached)" in text  # the lower of the two best accuracies
