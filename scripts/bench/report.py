@@ -238,7 +238,7 @@ def _commands_header(cmd: dict[str, Any]) -> list[str]:
     """Column names of the whole-command table."""
     target = cmd["paired"]["target_accuracy"]
     return ["command", "whole command s", "validation accuracy (best checkpoint)", "test accuracy",
-            f"s to validation accuracy {target['median']:.4f} (both reached)"]
+            f"s to the validation accuracy both reached (per run; median {target['median']:.4f})"]
 
 
 def _commands_table(cmd: dict[str, Any]) -> Table:

@@ -508,7 +508,7 @@ def test_markdown_renders_the_whole_command_and_minilm_sections_with_what_differ
            "took 1.5 (1.5-1.5) s" in text
     assert "| tformer train | 30.0 (27.0-33.0) | 0.7400 (0.7400-0.7400) |" in text  # median (min-max) of 3 runs
     assert "| tformer / Trainer | 0.50 (0.41-0.60) |" in text  # whole-command seconds, paired per run
-    assert "s to validation accuracy 0.7200 (both reached)" in text  # the lower of the two best accuracies
+    assert "s to the validation accuracy both reached (per run; median 0.7200)" in text  # the lower best
     assert "| 0.67 (0.55-0.80) |" in text  # time to 0.72: tformer's second epoch against Trainer's first
     for difference in (*results["commands"]["differences"], *results["finetune"]["differences"]):
         assert f"- {difference}" in text
