@@ -103,7 +103,7 @@ def trainer(args: argparse.Namespace, splits: dict[str, Path], model_dir: Path, 
     wall, stdout = run(cmd, out.with_suffix(".log"))
     result = json.loads(stdout.strip().splitlines()[-1])
     return {"wall_seconds": wall, **result,
-            "fit_seconds_without_evaluation": result["train_seconds"] - result["eval_seconds_in_fit"]}
+            "fit_seconds_without_evaluation": result["fit_seconds"] - result["eval_seconds_in_fit"]}
 
 
 def sentiment(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:

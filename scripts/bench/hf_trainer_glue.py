@@ -172,10 +172,12 @@ def training_arguments(args: argparse.Namespace, steps: int) -> Any:
 
 
 class EpochLog:
-    """A TrainerCallback's record of every evaluation: epoch, validation accuracy, wall-clock time."""
+    """A TrainerCallback's record of every evaluation (epoch, validation accuracy, wall-clock time) and of when
+    each checkpoint was written."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
+        self.saved: list[float] = []
         outer = self
 
         class Callback(TrainerCallback):
@@ -184,6 +186,9 @@ class EpochLog:
                 now = time.time()
                 outer.rows.append({"epoch": state.epoch, "accuracy": metrics["eval_accuracy"],
                                    "eval_seconds": metrics["eval_runtime"], "time": now, "elapsed_s": now - START})
+
+            def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                outer.saved.append(time.time())
 
         self.callback = Callback()
 
@@ -240,13 +245,15 @@ def main(argv: list[str] | None = None) -> None:
     fit_start = time.time()
     result = trainer.train()
     train_seconds = time.time() - fit_start
+    # The fit up to its last checkpoint, as tformer's fit ends: without train()'s loading of the best checkpoint.
+    fit_seconds = (log.saved[-1] if log.saved else time.time()) - fit_start
     trainer.remove_callback(log.callback)  # the evaluations below are not epochs
     final = {name: {"accuracy": trainer.evaluate(data[name], metric_key_prefix=name)[f"{name}_accuracy"]}
              for name in ("validation", "test")}
     print(json.dumps({
         "epochs": log.rows, "metrics": final, "steps": result.global_step,
         "train_examples": round(trainer.state.epoch * len(data["train"])), "tokenizer_seconds": tokenizer_seconds,
-        "vocab_size": len(tokenizer), "train_seconds": train_seconds,
+        "vocab_size": len(tokenizer), "train_seconds": train_seconds, "fit_seconds": fit_seconds,
         "eval_seconds_in_fit": sum(r["eval_seconds"] for r in log.rows),
         "wall_seconds": time.time() - START, "start": START,
     }), flush=True)

@@ -102,4 +102,5 @@ def test_trainer_script_trains_from_scratch_and_prints_epochs_and_test_accuracy(
     assert out["epochs"][0]["elapsed_s"] < out["epochs"][1]["elapsed_s"] < out["wall_seconds"]
     assert 0 <= out["metrics"]["test"]["accuracy"] <= 1 and out["train_examples"] == 2 * 96
     assert out["tokenizer_seconds"] > 0 and out["vocab_size"] <= 300
+    assert 0 < out["fit_seconds"] <= out["train_seconds"]  # without loading the best checkpoint at the end
     assert len(list((tmp_path / "trainer").glob("checkpoint-*"))) == 2  # one per epoch
