@@ -18,7 +18,7 @@ from rich.console import Console
 
 from transformer_cli import __version__
 
-from . import hf, report, runner, seq2seq, workers
+from . import commands, hf, report, runner, seq2seq, workers
 from .contenders import model_shape
 from .flops import model_shape_peak, square_peak, summary
 from .workload import MODES, Settings, epoch_batches, load_workload, typical_padded_tokens
@@ -44,6 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="torch.profiler tables of ours and HF's plain loop on the same batches, beside the JSON")
     p.add_argument("--full-epoch", action="store_true",
                    help="also train ours for one whole epoch (checks the estimate)")
+    p.add_argument("--commands", action="store_true",
+                   help="also whole commands: `tformer train` against a Trainer script (commands.py), 3 runs each")
+    p.add_argument("--finetune", action="store_true",
+                   help="also MiniLM fine-tuning: tformer, a plain transformers loop and Trainer (finetune.py)")
     p.add_argument("--worker", choices=["memory", "sweep"], help=argparse.SUPPRESS)
     p.add_argument("--name", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -120,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in [n for n in results["contenders"] if not settings.memory_for or n in settings.memory_for]:
             results["memory"][name] = workers.measure_memory(settings, name)
             log(f"peak memory of {name}: {results['memory'][name]['peak_rss_mib']:,.0f} MiB")
+        report.write_json(results, args.out)
+    if args.commands:
+        results["commands"] = whole_commands(settings, args.out, log)
+        report.write_json(results, args.out)
+    if args.finetune:
+        results["finetune"] = minilm_finetuning(settings, args.out, log)
         report.write_json(results, args.out)
     if not args.no_sweep:
         log("parallel sweep jobs")
@@ -208,6 +218,29 @@ def seq2seq_rows(settings: Settings, log: Any) -> dict[str, Any]:
                              f"{m.n_heads} heads, FFN {m.d_ff}",
             "batch_size": s2s.batch_size, "contenders": rows, "ratios": ratios,
             "decoding": seq2seq.decoding(work, settings, log)}
+
+
+def whole_commands(settings: Settings, out: Path, log: Any) -> dict[str, Any] | None:
+    """`tformer train` against the Trainer script, whole commands; None without transformers."""
+    missing = hf.available()
+    if missing:
+        log(f"note: whole commands skipped: {missing}")
+        return None
+    log("whole commands: tformer train and the Trainer script, alternating")
+    return commands.compare(settings.mode, out.with_name(f"{out.stem}_commands"), log)
+
+
+def minilm_finetuning(settings: Settings, out: Path, log: Any) -> dict[str, Any] | None:
+    """MiniLM fine-tuning, whole commands of tformer, the plain loop and Trainer; None without transformers."""
+    from . import finetune
+
+    missing = hf.available()
+    if missing:
+        log(f"note: MiniLM fine-tuning skipped: {missing}")
+        return None
+    log("MiniLM fine-tuning: tformer, the plain loop and Trainer, each first in turn")
+    smoke = ["--smoke", "--seeds=0"] if settings.mode == "smoke" else []
+    return finetune.section(finetune.parse_args([*smoke, f"--out={out.with_name(f'{out.stem}_finetune')}"]))
 
 
 def profile_contenders(built: dict[str, Any], settings: Settings, out: Path, log: Any) -> dict[str, Any]:

@@ -14,11 +14,11 @@ from transformer_cli.files import read_json
 TFORMER = [sys.executable, "-m", "transformer_cli"]  # the CLI as the benchmarks start it
 
 
-def run(cmd: list[str], log: Path) -> tuple[float, str]:
-    """Run a command to completion; (wall seconds, stdout). A failure stops the benchmark with its output."""
+def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run a command to completion (in `env`, default this process's environment); (wall seconds, stdout). A
+    failure stops the benchmark with its output."""
     start = time.time()
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**(env or os.environ), "TQDM_DISABLE": "1"})
     seconds = time.time() - start
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(proc.stdout + proc.stderr)

@@ -29,6 +29,13 @@ def read_split(path: str, column: str, regress: bool, limit: int) -> tuple[list[
     return [r["text"] for r in rows], [float(r[column]) if regress else r[column] for r in rows]
 
 
+def decayed_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters tformer's policy decays: matrices; not biases, LayerNorm weights or embeddings."""
+    return {f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+            for name, _ in module.named_parameters(recurse=False)
+            if not (name == "bias" or isinstance(module, (torch.nn.LayerNorm, torch.nn.Embedding)))}
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """tformer's policy: decay matrices; not biases, LayerNorm weights or embeddings."""
     decay, skip = [], []
@@ -110,6 +117,7 @@ def main() -> None:
     model.train()
     rng = random.Random(args.seed)
     train_start = time.time()
+    examples = 0
     for _ in range(args.epochs):
         order = list(range(len(train_x)))
         rng.shuffle(order)
@@ -126,13 +134,14 @@ def main() -> None:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            examples += len(idx)
     train_seconds = time.time() - train_start
 
     eval_start = time.time()
     scale = (mean, std) if args.regress else None
     metrics = {name: evaluate(model, tokenizer, x, y, args.max_length, label_ids, scale)
                for name, (x, y) in splits.items()}
-    print(json.dumps({"metrics": metrics, "steps": steps, "setup_seconds": setup, "train_seconds": train_seconds,
+    print(json.dumps({"metrics": metrics, "steps": steps, "train_examples": examples, "setup_seconds": setup, "train_seconds": train_seconds,
                       "eval_seconds": time.time() - eval_start, "wall_seconds": time.time() - start}))
 
 

@@ -10,13 +10,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.table import Table
 
 from transformer_cli.files import jsonable
 
+from .finetune import SIDES
 from .runner import FULL, REFERENCE, SAME_BATCHES
 
 
@@ -70,6 +71,32 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_goal("parallel sweep: N jobs x 1 thread / one N-thread job at a time", "> 1", fair["median"],
                           fair["median"] > 1, f"aggregate real tokens/s on {sweep['cores']} cores (against N jobs x "
                           f"N threads, oversubscribed: {_span(sweep['one_thread_over_fighting'], '.2f')})", fair))
+    return rows + finetune_goals(results.get("finetune"))
+
+
+FINETUNE_THEIRS = {"hf": ("HF plain loop", 1.3), "trainer": ("HF Trainer, best settings", 1.2)}  # name, target
+ACCURACY_TOLERANCE = 0.01  # "equal accuracy": tformer's test accuracy at most this much below theirs
+
+
+def finetune_goals(fin: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """MiniLM fine-tuning: tformer's training examples/s against each Hugging Face side, and its test accuracy
+    after the same epochs; not measured when the section did not run."""
+    rows = []
+    for side, (who, target) in FINETUNE_THEIRS.items():
+        name = f"MiniLM fine-tuning: training examples/s vs {who}"
+        acc_name = f"MiniLM fine-tuning: test accuracy vs {who}, same epochs"
+        if not fin:
+            rows += [_goal(name, f">= {target:.3g}", None, None, "not measured (--finetune)"),
+                     _goal(acc_name, f">= -{ACCURACY_TOLERANCE}", None, None, "not measured (--finetune)")]
+            continue
+        ours, theirs = fin["sides"]["tformer"]["test_accuracy"], fin["sides"][side]["test_accuracy"]
+        accuracies = (f"test accuracy tformer {_span(ours, '.4f')}, {who} {_span(theirs, '.4f')}; {fin['seeds']} "
+                      f"seed(s), {fin['epochs']} epoch(s)")
+        rows.append(_ratio_goal(name, fin["ratios"][side]["examples_per_s"], target, False,
+                                f"tformer / {who}; {accuracies}"))
+        diff = fin["ratios"][side]["test_accuracy_difference"]
+        rows.append(_goal(acc_name, f">= -{ACCURACY_TOLERANCE}", diff["median"],
+                          diff["median"] >= -ACCURACY_TOLERANCE, f"tformer minus {who}, per seed; {accuracies}", diff))
     return rows
 
 
@@ -123,6 +150,10 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     if "seq2seq" in results:
         console.print(_seq2seq_table(results["seq2seq"]))
         console.print(_decoding_table(results["seq2seq"]["decoding"]))
+    if results.get("commands"):
+        console.print(_commands_table(results["commands"]))
+    if results.get("finetune"):
+        console.print(finetune_table(results["finetune"]))
     console.print(_padding_table(results))
     console.print(_extras_table(results))
 
@@ -182,6 +213,74 @@ def _seq2seq_table(s2s: dict[str, Any]) -> Table:
         t.add_row(c["who"], c["batching"], _span(c["step_ms"], ".0f"), _span(c["real_tokens_per_s"], ",.0f"),
                   f"{100 * c['epoch']['padding_fraction']:.1f}", _span(c["epoch_s"], ".1f"),
                   _span(r["epoch_s"], ".2f") if r else "-", _span(r["real_tokens_per_s"], ".2f") if r else "-")
+    return t
+
+
+COMMAND_SIDES = {"tformer": "tformer train", "trainer": "HF Trainer script"}
+
+
+def _commands_title(cmd: dict[str, Any]) -> str:
+    """What the whole-command comparison ran, in one line."""
+    return (f"Whole commands, process start to exit ({cmd['dataset']}, {cmd['model_summary']}, {cmd['epochs']} "
+            f"epochs, batch {cmd['batch_size']}): median (min-max) of {len(cmd['reps'])} runs each, alternating order")
+
+
+def _commands_rows(cmd: dict[str, Any], span: Callable[[dict[str, float] | None, str], str]) -> list[list[str]]:
+    """One row per command, then the ratios tformer / Trainer; times to the accuracy both reached."""
+    p = cmd["paired"]
+    rows = [[COMMAND_SIDES[side], span(cmd[side]["wall_s"], ".1f"), span(cmd[side]["validation_accuracy"], ".4f"),
+             span(cmd[side]["test_accuracy"], ".4f"), span(p[f"{side}_time_to_target_s"], ".1f")]
+            for side in ("tformer", "trainer")]
+    return rows + [["tformer / Trainer", span(p["wall_ratio"], ".2f"), "-", "-", span(p["time_to_target_ratio"], ".2f")]]
+
+
+def _commands_header(cmd: dict[str, Any]) -> list[str]:
+    """Column names of the whole-command table."""
+    target = cmd["paired"]["target_accuracy"]
+    return ["command", "whole command s", "validation accuracy (best checkpoint)", "test accuracy",
+            f"s to the validation accuracy both reached (per run; median {target['median']:.4f})"]
+
+
+def _commands_table(cmd: dict[str, Any]) -> Table:
+    """Whole commands: seconds, accuracies and the time to an accuracy both reached, with what differs."""
+    t = Table(title=_commands_title(cmd), title_justify="left", caption="still different: "
+              + "; ".join(cmd["differences"]), caption_justify="left")
+    for i, col in enumerate(_commands_header(cmd)):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in _commands_rows(cmd, lambda s, fmt: _span(s, fmt) if s else "-"):
+        t.add_row(*row)
+    return t
+
+
+def _finetune_title(fin: dict[str, Any]) -> str:
+    """What the MiniLM comparison ran, in one line."""
+    return (f"MiniLM fine-tuning on Rotten Tomatoes (sentiment_minilm: {fin['epochs']} epoch(s), batch 32, lr 5e-5, "
+            f"linear schedule): median (min-max) over {fin['seeds']} seed(s), each side first in turn")
+
+
+FINETUNE_HEADER = ["contender", "training examples/s", "test accuracy", "validation accuracy", "whole command s",
+                   "examples/s tformer/theirs", "whole command tformer/theirs"]
+
+
+def _finetune_rows(fin: dict[str, Any], span: Callable[[dict[str, float] | None, str], str]) -> list[list[str]]:
+    """One row per side with tformer's paired ratios against it."""
+    rows = []
+    for side, who in SIDES.items():
+        c, r = fin["sides"][side], fin["ratios"].get(side, {})
+        rows.append([who, span(c["examples_per_s"], ",.1f"), span(c["test_accuracy"], ".4f"),
+                     span(c["validation_accuracy"], ".4f"), span(c["wall_s"], ".1f"),
+                     span(r.get("examples_per_s"), ".2f"), span(r.get("wall_s"), ".2f")])
+    return rows
+
+
+def finetune_table(fin: dict[str, Any]) -> Table:
+    """MiniLM fine-tuning: tformer, the plain loop and Trainer on the same weights and CSVs, with what differs."""
+    t = Table(title=_finetune_title(fin), title_justify="left",
+              caption="still different: " + "; ".join(fin["differences"]), caption_justify="left")
+    for i, col in enumerate(FINETUNE_HEADER):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in _finetune_rows(fin, lambda s, fmt: _span(s, fmt) if s else "-"):
+        t.add_row(*row)
     return t
 
 
@@ -368,6 +467,32 @@ def _md_seq2seq(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _md_differences(differences: list[str]) -> list[str]:
+    """What still differs, one bullet each."""
+    return ["Still different:", "", *(f"- {d}" for d in differences), ""]
+
+
+def _md_commands(results: dict[str, Any]) -> list[str]:
+    """Whole commands, `tformer train` against the Trainer script, when they ran."""
+    cmd = results.get("commands")
+    if not cmd:
+        return []
+    return [f"#### {_commands_title(cmd)}", "", f"- tformer: `{cmd['tformer_command']}`",
+            f"- Trainer: `{cmd['trainer_command']}`; learning its tokenizer took "
+            f"{_md_span(cmd['trainer']['tokenizer_s'], '.1f')} s of its whole command", "",
+            *_md_table(_commands_header(cmd), _commands_rows(cmd, _md_span)), "",
+            *_md_differences(cmd["differences"])]
+
+
+def _md_finetune(results: dict[str, Any]) -> list[str]:
+    """MiniLM fine-tuning, tformer against the plain loop and Trainer, when it ran."""
+    fin = results.get("finetune")
+    if not fin:
+        return []
+    return [f"#### {_finetune_title(fin)}", "", *_md_table(FINETUNE_HEADER, _finetune_rows(fin, _md_span)), "",
+            *_md_differences(fin["differences"])]
+
+
 def _md_padding(results: dict[str, Any]) -> list[str]:
     """Padding share of the shipped datasets under each batching (not timed)."""
     tables = results.get("padding", {})
@@ -403,7 +528,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     """The benchmark's figures as a markdown section: the machine, tables of median (min-max) with what differs
     beside every contender, and every goal marked met or NOT met."""
     return "\n".join([*_md_header(results), *_md_classification(results), *_md_goals(results),
-                      *_md_seq2seq(results), *_md_padding(results), *_md_other(results)]) + "\n"
+                      *_md_seq2seq(results), *_md_commands(results), *_md_finetune(results), *_md_padding(results),
+                      *_md_other(results)]) + "\n"
 
 
 def replace_section(page: str, section: str) -> str:

@@ -30,7 +30,8 @@ def _finite_numbers(tree: object) -> bool:
 def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
     """One smoke run with every optional row: cheaper than one run per flag."""
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "scripts.bench", "--smoke", "--what-if", "--full-epoch", "--out", str(out)]
+    cmd = [sys.executable, "-m", "scripts.bench", "--smoke", "--what-if", "--full-epoch", "--commands", "--finetune",
+           "--out", str(out)]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -66,3 +67,40 @@ def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
     full = results["full_epoch"][runner.REFERENCE]
     assert full["epoch_s"] > 0 and full["measured_over_estimated"]["median"] > 0
     assert "full epoch: ours" in proc.stdout
+    if has_hf:  # whole commands: `tformer train` against the Trainer script, on the same clock
+        commands = results["commands"]
+        assert len(commands["reps"]) == 1 and commands["differences"]
+        for side in ("tformer", "trainer"):
+            rep = commands["reps"][0][side]
+            assert rep["wall_s"] > 0 and [e["epoch"] for e in rep["epochs"]] == [1, 2]
+            assert 0 < rep["epochs"][0]["elapsed_s"] < rep["wall_s"] and 0 <= rep["test_accuracy"] <= 1
+        assert commands["paired"]["time_to_target_ratio"]["median"] > 0
+        assert "Whole commands" in proc.stdout
+        finetune = results["finetune"]  # MiniLM: tformer, the plain loop and Trainer on the same weights
+        assert set(finetune["sides"]) == {"tformer", "hf", "trainer"} and finetune["differences"]
+        for side in ("hf", "trainer"):
+            assert finetune["ratios"][side]["examples_per_s"]["median"] > 0
+        assert all(goals[g]["measured"] is not None for g in goals if g.startswith("MiniLM fine-tuning"))
+        assert "MiniLM fine-tuning" in proc.stdout
+
+
+@pytest.mark.slow
+def test_trainer_script_trains_from_scratch_and_prints_epochs_and_test_accuracy(tmp_path: Path, repo: Path) -> None:
+    """The Hugging Face Trainer side of the whole-command comparison, at smoke size."""
+    pytest.importorskip("transformers")
+    from transformer_cli.data.builtin import prepare_builtin
+
+    splits = prepare_builtin("rotten_tomatoes")
+    cmd = [sys.executable, "-m", "scripts.bench.hf_trainer_glue", *(str(splits[s]) for s in ("train", "validation",
+           "test")), "--d-model=32", "--layers=1", "--heads=2", "--d-ff=64", "--vocab-size=300", "--epochs=2",
+           "--max-examples=96", f"--output-dir={tmp_path / 'trainer'}"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600, check=False,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [e["epoch"] for e in out["epochs"]] == [1.0, 2.0]
+    assert out["epochs"][0]["elapsed_s"] < out["epochs"][1]["elapsed_s"] < out["wall_seconds"]
+    assert 0 <= out["metrics"]["test"]["accuracy"] <= 1 and out["train_examples"] == 2 * 96
+    assert out["tokenizer_seconds"] > 0 and out["vocab_size"] <= 300
+    assert 0 < out["fit_seconds"] <= out["train_seconds"]  # without loading the best checkpoint at the end
+    assert len(list((tmp_path / "trainer").glob("checkpoint-*"))) == 2  # one per epoch

@@ -357,3 +357,164 @@ def test_report_command_replaces_only_the_marked_section(tmp_path: Path) -> None
     page.write_text("no markers\n")
     with pytest.raises(SystemExit, match="markers"):
         report.main([str(bench), "--write", str(page)])
+
+
+needs_hf = pytest.mark.skipif(hf.available() is not None, reason="transformers is not installed")
+
+
+@needs_hf
+def test_trainer_script_learns_tformers_default_tokenizer() -> None:
+    from omegaconf import OmegaConf
+
+    from scripts.bench import hf_trainer_glue
+    from transformer_cli.config import TokenizerConfig
+    from transformer_cli.data.tokenize import train_tokenizer
+
+    texts = [f"{a} film, {b} acting; the {c} plot!" for a in ("a good", "A dull", "some great", "one slow")
+             for b in ("fine", "awful", "warm") for c in ("sharp", "cold", "quick", "bright")] * 3
+    ours = train_tokenizer(texts, OmegaConf.structured(TokenizerConfig(vocab_size=120, max_length=12)))
+    theirs = hf_trainer_glue.train_bpe(texts, vocab_size=120, min_frequency=2, max_length=12)
+    assert theirs.get_vocab() == ours.get_vocab()  # the same vocabulary, the same ids
+    sentence = "A GOOD film, with awful acting and a plot that goes on and on and on!"
+    assert theirs(sentence, truncation=True, max_length=12)["input_ids"] == ours.encode(sentence).ids
+
+
+@needs_hf
+def test_trainer_script_decays_the_parameters_tformers_adamw_decays() -> None:
+    from scripts.bench import hf_trainer_glue
+    from scripts.bench.hf_finetune import decayed_parameter_names
+
+    args = hf_trainer_glue.parse_args(["t.csv", "v.csv", "x.csv", "--d-model=16", "--layers=1", "--heads=2",
+                                       "--d-ff=32", "--max-positions=64"])
+    model = hf_trainer_glue.scratch_model(args, vocab_size=50, num_labels=2)
+    assert model.config.layer_norm_eps == 1e-5 and model.config.attention_probs_dropout_prob == 0.0  # tformer's
+    decayed = decayed_parameter_names(model)
+    assert decayed == C.decayed_names(model)
+    assert "bert.encoder.layer.0.attention.self.query.weight" in decayed and "classifier.weight" in decayed
+    assert not any(n.endswith("bias") or "LayerNorm" in n or "embeddings" in n for n in decayed)
+    trainer_args = hf_trainer_glue.training_arguments(args, steps=100)
+    assert trainer_args.optim == "adamw_torch_fused" and trainer_args.warmup_steps == 6  # tformer's 6 %
+    assert trainer_args.lr_scheduler_type == "cosine" and trainer_args.load_best_model_at_end
+
+
+def test_trainer_script_gets_the_default_runs_sizes_and_settings() -> None:
+    from scripts.bench import commands
+
+    flags = commands.trainer_flags(commands.compose_default(()))
+    for flag in ("--d-model=128", "--layers=2", "--heads=4", "--d-ff=512", "--vocab-size=8000", "--max-length=128",
+                 "--norm-eps=1e-05",
+                 "--epochs=4", "--batch-size=32", "--lr=0.001", "--schedule=cosine", "--warmup-ratio=0.06",
+                 "--dropout=0.1", "--attn-dropout=0.0", "--head-dropout=0.1", "--weight-decay=0.01"):
+        assert flag in flags
+    smoke = commands.trainer_flags(commands.compose_default(commands.SIZES["smoke"].overrides))
+    assert "--d-model=64" in smoke and "--epochs=2" in smoke and "--vocab-size=500" in smoke
+    with pytest.raises(SystemExit, match="tokenizer kind"):
+        commands.trainer_flags(commands.compose_default(("data.tokenizer.kind=wordpiece",)))
+    with pytest.raises(SystemExit, match="schedule"):
+        commands.trainer_flags(commands.compose_default(("schedule=noam",)))
+
+
+@needs_hf
+def test_trainer_scripts_defaults_are_the_default_runs_settings() -> None:
+    from scripts.bench import commands, hf_trainer_glue
+
+    files = ["t.csv", "v.csv", "x.csv"]
+    flags = commands.trainer_flags(commands.compose_default(()))
+    assert vars(hf_trainer_glue.parse_args([*files, *flags])) == vars(hf_trainer_glue.parse_args(files))
+
+
+def test_whole_commands_are_compared_at_the_accuracy_both_reached(tmp_path: Path) -> None:
+    import json
+
+    from scripts.bench import commands
+
+    start = 1000.0
+    events = [{"event": "train", "split": "train", "epoch": 1, "loss": 0.7, "time": start + 5},
+              {"event": "eval", "split": "validation", "epoch": 1, "accuracy": 0.70, "time": start + 10},
+              {"event": "eval", "split": "validation", "epoch": 2, "accuracy": 0.74, "time": start + 20},
+              {"event": "final", "split": "validation", "accuracy": 0.74, "time": start + 25}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    ours = {"wall_s": 30.0, "epochs": commands.tformer_epochs(tmp_path, start)}
+    assert ours["epochs"] == [{"epoch": 1, "accuracy": 0.70, "elapsed_s": 10.0},
+                              {"epoch": 2, "accuracy": 0.74, "elapsed_s": 20.0}]
+    theirs = {"wall_s": 60.0, "epochs": [{"epoch": 1.0, "accuracy": 0.68, "elapsed_s": 25.0},
+                                         {"epoch": 2.0, "accuracy": 0.72, "elapsed_s": 40.0}]}
+    row = commands.paired(ours, theirs)
+    assert row["target_accuracy"] == 0.72  # the lower of the two best accuracies
+    assert row["tformer_time_to_target_s"] == 20.0 and row["trainer_time_to_target_s"] == 40.0
+    assert row["time_to_target_ratio"] == pytest.approx(0.5) and row["wall_ratio"] == pytest.approx(0.5)
+    assert commands.first_reached(theirs["epochs"], 0.9) is None
+
+
+def _finetune_run(examples_s: float, test: float, wall: float = 100.0) -> dict:
+    """One made-up whole fine-tuning run: 1,000 examples trained in 1000 / examples_s seconds."""
+    return {"train_examples": 1000, "fit_seconds_without_evaluation": 1000 / examples_s, "wall_seconds": wall,
+            "metrics": {"test": {"accuracy": test}, "validation": {"accuracy": test}}}
+
+
+def _finetune_section() -> dict:
+    """The --finetune section of two seeds, built by finetune.figures from made-up runs."""
+    from scripts.bench import finetune
+
+    rows = {"tformer": [_finetune_run(30, 0.80), _finetune_run(28, 0.82)],
+            "hf": [_finetune_run(20, 0.81), _finetune_run(20, 0.80)],
+            "trainer": [_finetune_run(25, 0.83), _finetune_run(25, 0.84, wall=50.0)]}
+    return {"sentiment": rows, **finetune.figures(rows), "differences": list(finetune.DIFFERENCES), "epochs": 1,
+            "seeds": 2, "smoke": False}
+
+
+def test_finetune_goals_divide_examples_per_second_and_compare_accuracy_seed_by_seed() -> None:
+    fin = _finetune_section()
+    assert fin["sides"]["tformer"]["examples_per_s"]["median"] == pytest.approx(29.0)
+    assert fin["ratios"]["hf"]["examples_per_s"]["median"] == pytest.approx(1.45)  # 1.5 and 1.4
+    assert fin["ratios"]["trainer"]["wall_s"]["max"] == pytest.approx(2.0)
+    goals = {g["goal"]: g for g in report.finetune_goals(fin)}
+    assert goals["MiniLM fine-tuning: training examples/s vs HF plain loop"]["met"] is True  # 1.45 >= 1.3
+    trainer = goals["MiniLM fine-tuning: training examples/s vs HF Trainer, best settings"]
+    assert trainer["measured"] == pytest.approx(1.16) and trainer["met"] is False  # 1.2 and 1.12: median 1.16
+    assert goals["MiniLM fine-tuning: test accuracy vs HF plain loop, same epochs"]["met"] is True  # +0.005
+    accuracy = goals["MiniLM fine-tuning: test accuracy vs HF Trainer, best settings, same epochs"]
+    assert accuracy["measured"] == pytest.approx(-0.025) and accuracy["met"] is False
+    assert "0.8100 (0.8000-0.8200)" in accuracy["detail"]  # both accuracies beside the verdict
+    assert all(g["met"] is None for g in report.finetune_goals(None))  # not run: not measured
+
+
+def _commands_section() -> dict:
+    """The --commands section of three made-up repetitions, built by the benchmark's own functions."""
+    from scripts.bench import commands
+
+    reps = []
+    for ours, theirs in ((30.0, 60.0), (33.0, 55.0), (27.0, 66.0)):
+        tformer = {"wall_s": ours, "validation_accuracy": 0.74, "test_accuracy": 0.73,
+                   "epochs": [{"epoch": 1, "accuracy": 0.70, "elapsed_s": ours / 3},
+                              {"epoch": 2, "accuracy": 0.74, "elapsed_s": 2 * ours / 3}]}
+        trainer = {"wall_s": theirs, "validation_accuracy": 0.72, "test_accuracy": 0.71, "tokenizer_s": 1.5,
+                   "epochs": [{"epoch": 1.0, "accuracy": 0.72, "elapsed_s": theirs / 2},
+                              {"epoch": 2.0, "accuracy": 0.71, "elapsed_s": theirs}]}
+        reps.append({"order": ["tformer", "trainer"], "tformer": tformer, "trainer": trainer,
+                     "paired": commands.paired(tformer, trainer)})
+    return {"mode": "full", "tformer_command": "tformer train",
+            "trainer_command": "python -m scripts.bench.hf_trainer_glue TRAIN VALIDATION TEST --d-model=128",
+            "dataset": "rotten_tomatoes", "epochs": 2, "batch_size": 32, "model_summary": "d_model 128, 2 layers",
+            "reps": reps, **commands.summarise(reps), "differences": list(commands.DIFFERENCES)}
+
+
+def test_markdown_renders_the_whole_command_and_minilm_sections_with_what_differs() -> None:
+    results = {**_results(), "commands": _commands_section(), "finetune": _finetune_section()}
+    results["goals"] = report.goals(results)
+    text = report.render_markdown(results)
+    assert text.index("#### Whole commands") < text.index("#### MiniLM fine-tuning") < text.index("#### Padding")
+    assert "`python -m scripts.bench.hf_trainer_glue TRAIN VALIDATION TEST --d-model=128`; learning its tokenizer " \
+           "took 1.5 (1.5-1.5) s" in text
+    assert "| tformer train | 30.0 (27.0-33.0) | 0.7400 (0.7400-0.7400) |" in text  # median (min-max) of 3 runs
+    assert "| tformer / Trainer | 0.50 (0.41-0.60) |" in text  # whole-command seconds, paired per run
+    assert "s to the validation accuracy both reached (per run; median 0.7200)" in text  # the lower best
+    assert "| 0.67 (0.55-0.80) |" in text  # time to 0.72: tformer's second epoch against Trainer's first
+    for difference in (*results["commands"]["differences"], *results["finetune"]["differences"]):
+        assert f"- {difference}" in text
+    assert "| transformers Trainer | 25.0 (25.0-25.0) | 0.8350 (0.8300-0.8400) |" in text
+    assert "| 1.16 (1.12-1.20) |" in text  # examples/s tformer / Trainer
+    assert "| MiniLM fine-tuning: training examples/s vs HF Trainer, best settings | >= 1.2 | 1.160" in text
+    assert "**NOT met**" in text
+    without = report.render_markdown(_results())
+    assert "Whole commands" not in without and "MiniLM" in without  # goals say "not measured"; no tables
