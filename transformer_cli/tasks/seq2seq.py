@@ -88,7 +88,6 @@ class Seq2SeqTask:
         if cfg.shared_vocab:
             if tokenizer is None:
                 raise TformerError("task.shared_vocab needs the source tokenizer, and none was given")
-            frame_target(Tokenizer.from_str(tokenizer.to_str()), cfg.target_max_length)  # refuses an unusable one
             return {"target_tokenizer": tokenizer.to_str()}
         tok_cfg = TokenizerConfig(vocab_size=cfg.target_vocab_size, min_frequency=cfg.target_min_frequency,
                                   lowercase=cfg.target_lowercase, max_length=cfg.target_max_length)
