@@ -43,6 +43,11 @@ def offline_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     saved = dict(os.environ)
     os.environ.update({"HF_HOME": str(hf), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
                        "TFORMER_CACHE": cache, "TQDM_DISABLE": "1"})
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N test processes share the cores, one thread each
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"  # the CLI subprocesses' torch
+        torch.set_num_threads(1)
     yield
     os.environ.clear()
     os.environ.update(saved)
