@@ -16,10 +16,13 @@ BEAM4_TOKENS = [[15, 32, 15], [15, 32, 15, 32], [37, 6, 15], [15, 32, 15], [37, 
                 [15, 32]]
 
 
-def random_model(seed: int = 0, tie: bool = False) -> Seq2SeqModel:
-    """An untrained model whose outputs vary with the input (a wide random output projection)."""
+def random_model(seed: int = 0, tie: bool = False, copy: bool = False) -> Seq2SeqModel:
+    """An untrained model whose outputs vary with the input (a wide random output projection); with copy=True,
+    one vocabulary of 50 ids and copy attention."""
     torch.manual_seed(seed)
     cfg = ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0, tie_embeddings=tie)
+    if copy:
+        return Seq2SeqModel(50, 50, cfg, shared_vocab=True, copy=True).eval()
     model = Seq2SeqModel(50, 40, cfg).eval()
     if not tie:
         torch.nn.init.normal_(model.proj.weight, std=1.0)
@@ -46,10 +49,12 @@ def test_beam_of_one_equals_greedy() -> None:
     assert [h.score for h in g] == pytest.approx([h.score for h in b], abs=1e-5)
 
 
+@pytest.mark.parametrize("copy", [False, True], ids=["plain", "copy"])
 @pytest.mark.parametrize("beam", [1, 4])
-def test_cache_changes_nothing(beam: int) -> None:
-    """Decoding with the key/value cache equals recomputing every prefix, token for token."""
-    model, (src, mask, limits) = random_model(), sources()
+def test_cache_changes_nothing(beam: int, copy: bool) -> None:
+    """Decoding with the key/value cache equals recomputing every prefix, token for token; for a copying model
+    too (its memory's copy keys and source ids follow the beams)."""
+    model, (src, mask, limits) = random_model(copy=copy), sources()
     run = greedy if beam == 1 else beam_search
     kwargs = {} if beam == 1 else {"beam": beam}
     cached = run(model, src, mask, BOS, EOS, limits, use_cache=True, **kwargs)
