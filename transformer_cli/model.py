@@ -134,7 +134,7 @@ class KVCache:
             return
         L = self.length
         if self.spare is None or index.shape[0] != self.k.shape[0]:
-            N, H, _, hs = self.k.shape
+            _, H, _, hs = self.k.shape
             self.spare = (self.k.new_empty(index.shape[0], H, self.capacity, hs),
                           self.v.new_empty(index.shape[0], H, self.capacity, hs))
         k, v = self.spare
@@ -346,7 +346,7 @@ class Memory:
 
     def index(self, rows: Tensor) -> Memory:
         """The memory of the sources at `rows` (N,), in that order (repeats allowed: beams)."""
-        pick = lambda t: t.index_select(0, rows)  # noqa: E731  (a gather along the batch)
+        pick = lambda t: t.index_select(0, rows)  # a gather along the batch
         return Memory(pick(self.states), [(pick(k), pick(v)) for k, v in self.kvs], pick(self.mask),
                       pick(self.src_ids), None if self.copy_keys is None else pick(self.copy_keys))
 
