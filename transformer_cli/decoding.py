@@ -27,7 +27,8 @@ class Stepper:
 
     def __init__(self, model: Seq2SeqModel, src: Tensor, mask: Tensor, use_cache: bool, capacity: int) -> None:
         self.model = model
-        self.memory = model.encode(src, mask)  # encoder states, cross-attention keys and values, mask, ids
+        self.memory = model.encode(src, mask)  # encoder states, cross-attention keys and values, mask, ids: a row
+        # per source, shared by that source's running sequences (the G consecutive rows of the decoder's batch)
         self.caches = [KVCache(capacity) for _ in model.decoder.layers] if use_cache else None  # `capacity` positions
         self.fed = 0  # target positions already inside the caches
 
@@ -41,14 +42,15 @@ class Stepper:
             self.fed = tokens.shape[1]
         return torch.log_softmax(self.model.scores(hidden[:, -1:], self.memory)[:, -1].float(), dim=-1)
 
-    def select(self, index: Tensor) -> None:
-        """Keep (and reorder, or repeat) the running sequences at `index` (N',)."""
-        self.memory = self.memory.index(index)
-        self.reorder(index)
+    def select(self, rows: Tensor, sources: Tensor) -> None:
+        """Keep the running sequences at `rows` (N',) and the memory of their sources, `sources` (B',), in the
+        same order (beam search: the G consecutive rows of a source share its one memory row)."""
+        self.memory = self.memory.index(sources)
+        self.reorder(rows)
 
     def reorder(self, index: Tensor) -> None:
-        """Reorder the decoder caches only: for moves between rows of the same source (beam search), whose
-        encoder keys, values and mask are the same rows already."""
+        """Reorder the decoder caches only: for moves between rows of the same source (beam search), which
+        read the same memory row."""
         if self.caches is not None:
             for cache in self.caches:
                 cache.select(index)
@@ -84,7 +86,7 @@ def greedy(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: int, m
         if bool(ended.any()):
             stay = (~ended).nonzero().squeeze(1)  # (A',)
             active, limits, tokens = active[stay], limits[stay], tokens[stay]
-            stepper.select(stay)
+            stepper.select(stay, stay)
     return [Hypothesis(_strip(row, eos), float(s)) for row, s in zip(out.tolist(), scores.tolist())]
 
 
@@ -99,7 +101,6 @@ def beam_search(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: i
     leave the batch in the same gather that reorders the beams."""
     B, K, steps, device = src.shape[0], beam, int(max_lens.max()), src.device
     stepper = Stepper(model, src, mask, use_cache, steps)
-    stepper.select(torch.arange(B, device=device).repeat_interleave(K))  # (B*K,) rows: source b, beam k
     finished = Finished(B, K, steps, device)
     active = torch.arange(B, device=device)  # (A,) the sources still running
     limits = max_lens.to(device).repeat_interleave(K)  # (A*K,)
@@ -123,7 +124,7 @@ def beam_search(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: i
             stay = (~done).nonzero().squeeze(1)  # (A',)
             active, rows, next_scores, next_tokens = active[stay], rows[stay], next_scores[stay], next_tokens[stay]
             limits = limits.view(A, K)[stay].view(-1)
-            stepper.select(rows.view(-1))
+            stepper.select(rows.view(-1), stay)  # the sources that stay, and their beams' rows
         else:
             stepper.reorder(rows.view(-1))  # rows stay within their source's K rows: the encoder memory needs no gather
         tokens = torch.cat([tokens.index_select(0, rows.view(-1)), next_tokens.view(-1, 1)], dim=1)

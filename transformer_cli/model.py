@@ -94,10 +94,10 @@ class Embeddings(nn.Module):
         return after * mask.long() if mask is not None else after
 
 
-def one_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """Attention of one query per row, (B, H, 1, hs) over (B, H, S, hs) keys and values (a (B, S) key mask or
-    None) -> (B, H, 1, hs): two batched matmuls, faster on CPU than SDPA's kernel for one query over a cache."""
-    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (B, H, 1, S)
+def few_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention of a few queries per row (a decoding step), (B, H, Q, hs) over (B, H, S, hs) keys and values (a
+    (B, S) key mask or None) -> (B, H, Q, hs): two batched matmuls, faster on CPU than SDPA's kernel there."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (B, H, Q, S)
     if mask is not None:
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
     return torch.matmul(scores.softmax(-1), v)
@@ -166,7 +166,7 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, H, t+T, hs)
             if T == 1 and not self.training:
-                return self.out(one_query_attention(q, k, v, None).transpose(1, 2).reshape(B, T, D))
+                return self.out(few_query_attention(q, k, v, None).transpose(1, 2).reshape(B, T, D))
         causal = mask is None and q.shape[2] > 1  # one new query may see every cached key
         if causal and k.shape[2] != q.shape[2]:
             raise ValueError("a cached causal step must feed one token at a time")
@@ -207,14 +207,17 @@ class CrossAttention(nn.Module):
         return k, v
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], memory_mask: Tensor) -> Tensor:
-        """(B, T, D) queries over (B, S) real source positions -> (B, T, D)."""
-        B, T, D = x.shape
-        q = self.q(x).view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, T, hs)
-        if T == 1 and not self.training:  # a decoding step
-            return self.out(one_query_attention(q, kv[0], kv[1], memory_mask).transpose(1, 2).reshape(B, T, D))
-        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=memory_mask[:, None, None, :],
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, T, D))
+        """(N, T, D) queries over (B, S) real source positions -> (N, T, D), where N = G * B: the G consecutive
+        rows of each source (beam search's hypotheses; G = 1 otherwise) query its one copy of the memory."""
+        N, T, D = x.shape
+        B = kv[0].shape[0]
+        q = self.q(x).view(B, N // B * T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, G*T, hs)
+        if T == 1 and not self.training:  # a decoding step: G queries per source
+            y = few_query_attention(q, kv[0], kv[1], memory_mask)
+        else:
+            y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=memory_mask[:, None, None, :],
+                                               dropout_p=self.attn_dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(N, T, D))
 
 
 # model.activation -> the module; "gelu" is the exact (erf) GELU, "gelu_tanh" its tanh approximation.
@@ -373,6 +376,13 @@ class CopyGenerator(nn.Module):
         return self.key(states)
 
     def forward(self, logits: Tensor, hidden: Tensor, memory: Memory) -> Tensor:
+        """(N, T, V) vocabulary logits and (N, T, D) decoder states -> (N, T, V) log-probabilities; N = G * B
+        rows, G consecutive ones per source of the (B, S) memory (beam search's hypotheses; G = 1 otherwise)."""
+        N, T, V = logits.shape
+        B = memory.src_ids.shape[0]
+        return self._mix(logits.reshape(B, N // B * T, V), hidden.reshape(B, N // B * T, -1), memory).view(N, T, V)
+
+    def _mix(self, logits: Tensor, hidden: Tensor, memory: Memory) -> Tensor:
         """(B, T, V) vocabulary logits and (B, T, D) decoder states -> (B, T, V) log-probabilities."""
         B, T, V = logits.shape
         scores = self.query(hidden) @ memory.copy_keys.transpose(1, 2) * self.scale  # (B, T, S)
