@@ -30,7 +30,8 @@ from transformer_cli.data.loading import require_file
 from transformer_cli.data.ragged import Ragged, RaggedWriter, open_ragged
 from transformer_cli.files import dumps, fsync_dir, read_json, sha256_file, write_json
 
-FORMAT = 1  # bump when the layout or the meaning of a file changes: old entries are then never matched
+FORMAT = 2  # bump when the layout or the meaning of a file changes: old entries are then never matched
+# (2: seq2seq entries gained side records, their source keys)
 NOT_HASHED = ("cache", "cache_dir", "archive", "allow_new_archive", "train", "validation", "test")  # files enter by content
 
 

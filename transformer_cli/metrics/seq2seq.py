@@ -3,7 +3,7 @@ match, WER and PER of decoded text."""
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from typing import Any, Hashable, Sequence
 
 from torch import Tensor
 
@@ -15,14 +15,17 @@ from transformer_cli.metrics.tokens import TokenMetrics
 class Seq2SeqMetrics:
     """Teacher-forced token accuracy and perplexity (streaming) plus metrics of decoded text.
 
-    Every reference is kept by its source; each distinct source is decoded once. A source with several
-    references (a word with several pronunciations) counts as correct when its output matches any of them:
+    Every reference is kept by its source; each distinct source is decoded once. Sources are the examples'
+    source texts (the task's `keys`), not what is left of them after truncation: two descriptions that open
+    alike stay two sources. A source with several references (a word with several pronunciations, rows of the
+    same text) counts as correct when its output matches any of them:
     `wer` and `per` are scored that way (PER against the closest reference), as G2P papers do, and ROUGE
     takes its best reference; `wer_single` and `per_single` score every (source, reference) row on its own,
     as do BLEU and chrF. Decoded text is
     kept as strings because corpus BLEU and chrF (sacrebleu) are computed over the whole set."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: Sequence[Hashable] | None = None) -> None:
+        self.keys = keys  # each example's source, by its index in the split (None: sources are keyed by their ids)
         self.reset()
 
     def reset(self) -> None:

@@ -7,6 +7,7 @@ as JSON), or with task.shared_vocab the source tokenizer itself, so that the mod
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -104,8 +105,9 @@ class Seq2SeqTask:
                             copy=self.cfg.copy_attention)
 
     def encode(self, rows: Rows, tokenizer: Tokenizer, labelled: bool = True) -> Encoded:
-        """One input per row and its target (see encode_targets)."""
-        return encode_rows(rows, tokenizer, labelled, self.encode_targets)
+        """One input per row and its target (see encode_targets); each row's side record is its source key."""
+        encoded = encode_rows(rows, tokenizer, labelled, self.encode_targets)
+        return Encoded(encoded.flat, encoded.lengths, encoded.targets, [source_key(t) for t in rows.texts])
 
     def encode_targets(self, values: Sequence[Any], where: Where) -> list[np.ndarray]:
         """Target texts -> one [BOS] ... [EOS] id array per example; a missing target is an error."""
@@ -128,19 +130,22 @@ class Seq2SeqTask:
         return LossContext(num_outputs=self.vocab_size)
 
     def new_metrics(self, side: Sequence[Any] | None = None) -> Seq2SeqMetrics:
-        """Fresh token and text metrics."""
-        return Seq2SeqMetrics()
+        """Fresh token and text metrics, sources keyed by the split's side records (their source keys)."""
+        return Seq2SeqMetrics(side)
 
     def observe(self, metrics: Seq2SeqMetrics, model: nn.Module, batch: Batch, outputs: Tensor) -> None:
         """Token metrics and every row's reference; then decode each source not decoded yet (while training,
         only every k-th example's) for the text metrics. Rows of one source (a word's pronunciations) share it."""
         metrics.update_tokens(*self.loss_inputs(outputs, batch.targets), ignore_index=IGNORE)
-        sources = [tuple(ids[:n]) for ids, n in zip(batch.input_ids.tolist(), batch.mask.sum(1).tolist())]
+        if metrics.keys is not None:  # the source texts' keys: rows of one text share references, no others
+            sources: list[Any] = [metrics.keys[i] for i in batch.index.tolist()]
+        else:  # a split encoded without keys: its sources as the model reads them (after truncation)
+            sources = [tuple(ids[:n]) for ids, n in zip(batch.input_ids.tolist(), batch.mask.sum(1).tolist())]
         metrics.add_references(sources, [self.decode(row) for row in batch.targets.tolist()])
         first: dict[tuple[int, ...], int] = {}  # each source still to decode -> its first row here
         for i, source in enumerate(sources):
             # while training a sample of the sources, spread over lengths and not weighted by their rows
-            # (the hash of a tuple of ints is the same in every process and run)
+            # (the hash of an int, or of a tuple of ints, is the same in every process and run)
             if hash(source) % self.decode_every == 0 and source not in metrics.hyps:
                 first.setdefault(source, i)
         if not first:
@@ -203,6 +208,11 @@ class Seq2SeqTask:
     def state(self) -> dict[str, Any]:
         """What a checkpoint must keep to rebuild this task."""
         return {"target_tokenizer": self.tokenizer.to_str()}
+
+
+def source_key(text: str) -> int:
+    """A source text's key (62 bits of its BLAKE2 hash): rows with the same text are one source to decode."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") >> 2
 
 
 def frame_target(tok: Tokenizer, max_length: int) -> tuple[Tokenizer, int, int]:

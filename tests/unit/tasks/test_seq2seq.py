@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from tokenizers import Tokenizer, models, pre_tokenizers
 
 from transformer_cli.config import ModelConfig
 from transformer_cli.data.batching import EncodedSplit, collate
@@ -19,7 +21,7 @@ from transformer_cli.losses.base import LossContext
 from transformer_cli.losses.cross_entropy import CrossEntropyConfig
 from transformer_cli.tasks import TASKS
 from transformer_cli.tasks.common import Where
-from transformer_cli.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask
+from transformer_cli.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask, source_key
 
 
 def seq2seq_task() -> Seq2SeqTask:
@@ -87,3 +89,30 @@ def test_evaluation_reports_every_listed_metric() -> None:
     assert set(TASKS["seq2seq"].metric_names) <= set(scalars)
     assert set(scalars) - {"count", "decoded"} <= set(TASKS["seq2seq"].metrics)  # each has a direction
     assert scalars["decoded"] == 2 and len(details["examples"]) == 2
+
+
+def test_sources_are_their_texts_not_their_truncated_ids() -> None:
+    """Two rows whose source texts differ but truncate to the same ids are two sources (two decodes, one
+    reference each); two rows of the same text are one source with two references, as keyed by encode()."""
+    task = seq2seq_task()
+    task.final_decoding()
+    torch.manual_seed(0)
+    model = task.build_model(ModelConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, dropout=0.0), 30)
+    same = np.array([7, 8, 9], dtype=np.int32)  # what the model reads of every row
+    targets = task.encode_targets(["K AE1 T", "D AO1 G", "W ER1 L D"], Where("validation", "t"))
+    texts = ["a long description that", "a long description that was cut", "a long description that"]
+
+    def scalars(side: list[int] | None) -> dict[str, float]:
+        split = EncodedSplit([same, same, same], targets, side)
+        loss = build_loss(CrossEntropyConfig(), task.loss_context(None))
+        return evaluate(model, split.batches(8, shuffle=False, bucket=True), task, loss,
+                        Precision("fp32", torch.device("cpu")), side=side)[0]
+
+    rows = SimpleNamespace(texts=texts, pairs=None, labels=["K AE1 T", "D AO1 G", "W ER1 L D"],
+                           where=Where("validation", "t"))
+    words = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "a": 2, "long": 3}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    keys = task.encode(rows, words, labelled=True).side
+    assert keys == [source_key(t) for t in texts] and keys[0] == keys[2] != keys[1]
+    assert scalars(keys)["decoded"] == 2  # the first and third rows are one text
+    assert scalars(None)["decoded"] == 1  # without keys: one source, as the model reads them all alike
