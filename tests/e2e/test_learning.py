@@ -1,6 +1,7 @@
 """Learning tests on real data: a small encoder beats the majority class clearly on Rotten Tomatoes, a
-seq2seq model learns grapheme-to-phoneme conversion from CMUdict (then predicts), and a tiny one starts
-learning Debian synopses (next to the lead-8 baseline it does not reach)."""
+seq2seq model learns grapheme-to-phoneme conversion from CMUdict (then predicts), a tiny one starts learning
+Debian synopses (next to the lead-8 baseline it does not reach), and a summarizer on the pretrained MiniLM
+beats lead-8."""
 
 from __future__ import annotations
 
@@ -90,3 +91,37 @@ def test_summarize_learns_on_debian_descriptions(tmp_path: Path, compose_train: 
     assert test["rougeL"] > 8.0  # an untrained decoder's outputs score 0
     assert test["loss"] < first["loss"]
     assert lead["rougeL"] > 20.0  # the baseline is computed on real pairs: far above the tiny model
+
+
+SUMMARIZE_MINILM = ["experiment=summarize_minilm", "data.max_train_examples=4800", "data.max_eval_examples=100",
+                    "data.tokenizer.max_length=32", "trainer.batch_size=16", "optim.lr=3e-4",
+                    "schedule.warmup_steps=30", "trainer.max_epochs=1", "trainer.threads=1", "trainer.progress=false"]
+
+
+def lead8(split: str) -> dict[str, float]:
+    """ROUGE of the first 8 words of each description on the first 100 rows of a split (what
+    data.max_eval_examples=100 keeps), rows of the same description pooled as the evaluation pools them."""
+    import csv
+
+    from transformer_cli.data.builtin import prepare_builtin
+    from transformer_cli.metrics.rouge import rouge
+
+    with prepare_builtin("debian_descriptions")[split].open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))[:100]
+    refs: dict[str, list[str]] = {}
+    for r in rows:
+        refs.setdefault(r["source"], []).append(r["target"])
+    return rouge([(" ".join(source.split()[:8]), targets) for source, targets in refs.items()])
+
+
+def test_minilm_summarizer_beats_lead8(tmp_path: Path, compose_train: Callable, minilm_dir: Path) -> None:
+    """The summarize_minilm preset on 4,800 real pairs (300 steps of 16, descriptions cut at 32 WordPiece tokens,
+    one thread: about 7 minutes) beats the lead-8 baseline in ROUGE-L on the validation and the test
+    descriptions it is evaluated on (measured: validation 28.19 against 25.57, test 30.01 against 24.27)."""
+    train(compose_train(SUMMARIZE_MINILM), tmp_path)
+    final = json.loads((tmp_path / "summary.json").read_text())["final"]
+    for split in ("validation", "test"):
+        lead = lead8(split)
+        print(f"{split}: summarize_minilm", {k: round(final[split][k], 2) for k in ("rouge1", "rouge2", "rougeL")},
+              "lead-8", {k: round(v, 2) for k, v in lead.items()})
+        assert final[split]["rougeL"] > lead["rougeL"] + 1.0
