@@ -142,7 +142,7 @@ class Seq2SeqTask:
         else:  # a split encoded without keys: its sources as the model reads them (after truncation)
             sources = [tuple(ids[:n]) for ids, n in zip(batch.input_ids.tolist(), batch.mask.sum(1).tolist())]
         metrics.add_references(sources, [self.decode(row) for row in batch.targets.tolist()])
-        first: dict[tuple[int, ...], int] = {}  # each source still to decode -> its first row here
+        first: dict[Any, int] = {}  # each source still to decode -> its first row here
         for i, source in enumerate(sources):
             # while training a sample of the sources, spread over lengths and not weighted by their rows
             # (the hash of an int, or of a tuple of ints, is the same in every process and run)
