@@ -56,7 +56,7 @@ class Stepper:
                 cache.select(index)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: int, max_lens: Tensor,
            use_cache: bool = True, min_length: int = 0, no_repeat_ngram: int = 0) -> list[Hypothesis]:
     """The most probable next token at every step, until EOS or each source's max length.
@@ -90,7 +90,7 @@ def greedy(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: int, m
     return [Hypothesis(_strip(row, eos), float(s)) for row, s in zip(out.tolist(), scores.tolist())]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model: Seq2SeqModel, src: Tensor, mask: Tensor, bos: int, eos: int, max_lens: Tensor,
                 beam: int = 4, length_penalty: float = 1.0, no_repeat_ngram: int = 0,
                 use_cache: bool = True, min_length: int = 0) -> list[Hypothesis]:
