@@ -48,6 +48,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also whole commands: `tformer train` against a Trainer script (commands.py), 3 runs each")
     p.add_argument("--finetune", action="store_true",
                    help="also MiniLM fine-tuning: tformer, a plain transformers loop and Trainer (finetune.py)")
+    p.add_argument("--finetune-seeds", default="0,1,2", metavar="SEEDS",
+                   help="seeds of --finetune, comma-separated (default 0,1,2; each seed runs all three sides)")
+    p.add_argument("--trained-decoding", action="store_true",
+                   help="also decoding of a trained G2P model against generate(), with EOS and at full length "
+                        "(decode.py; trains the model first unless --decode-checkpoint)")
+    p.add_argument("--decode-checkpoint", type=Path, metavar="RUN",
+                   help="the trained model of --trained-decoding: a run directory or checkpoint of decode.py's shape")
     p.add_argument("--worker", choices=["memory", "sweep"], help=argparse.SUPPRESS)
     p.add_argument("--name", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -119,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_seq2seq:
         results["seq2seq"] = seq2seq_rows(settings, log)
         report.write_json(results, args.out)
+    if args.trained_decoding:
+        results["trained_decoding"] = trained_decoding(settings, args, log)
+        report.write_json(results, args.out)
     if not args.no_memory:
         results["memory"] = {}
         for name in [n for n in results["contenders"] if not settings.memory_for or n in settings.memory_for]:
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         results["commands"] = whole_commands(settings, args.out, log)
         report.write_json(results, args.out)
     if args.finetune:
-        results["finetune"] = minilm_finetuning(settings, args.out, log)
+        results["finetune"] = minilm_finetuning(settings, args.out, args.finetune_seeds, log)
         report.write_json(results, args.out)
     if not args.no_sweep:
         log("parallel sweep jobs")
@@ -230,7 +240,7 @@ def whole_commands(settings: Settings, out: Path, log: Any) -> dict[str, Any] | 
     return commands.compare(settings.mode, out.with_name(f"{out.stem}_commands"), log)
 
 
-def minilm_finetuning(settings: Settings, out: Path, log: Any) -> dict[str, Any] | None:
+def minilm_finetuning(settings: Settings, out: Path, seeds: str, log: Any) -> dict[str, Any] | None:
     """MiniLM fine-tuning, whole commands of tformer, the plain loop and Trainer; None without transformers."""
     from . import finetune
 
@@ -239,8 +249,23 @@ def minilm_finetuning(settings: Settings, out: Path, log: Any) -> dict[str, Any]
         log(f"note: MiniLM fine-tuning skipped: {missing}")
         return None
     log("MiniLM fine-tuning: tformer, the plain loop and Trainer, each first in turn")
-    smoke = ["--smoke", "--seeds=0"] if settings.mode == "smoke" else []
+    smoke = ["--smoke", "--seeds=0"] if settings.mode == "smoke" else [f"--seeds={seeds}"]
     return finetune.section(finetune.parse_args([*smoke, f"--out={out.with_name(f'{out.stem}_finetune')}"]))
+
+
+def trained_decoding(settings: Settings, args: argparse.Namespace, log: Any) -> dict[str, Any] | None:
+    """Greedy and beam search on a trained G2P model against generate(), one thread; None without transformers."""
+    from . import decode
+
+    missing = hf.available()
+    if missing:
+        log(f"note: trained-model decoding skipped: {missing}")
+        return None
+    log("decoding a trained G2P model: tformer and generate(), with EOS and at full length")
+    smoke = ["--smoke"] if settings.mode == "smoke" else []
+    argv = [f"--out={args.out.with_name(f'{args.out.stem}_decode')}", *smoke,
+            *([f"--checkpoint={args.decode_checkpoint}"] if args.decode_checkpoint else [])]
+    return decode.measure(decode.parse_args(argv))
 
 
 def profile_contenders(built: dict[str, Any], settings: Settings, out: Path, log: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ Rows, interleaved over repetitions, on the same validation sources in the same l
 from __future__ import annotations
 
 import argparse
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,17 +239,20 @@ class StepCounter:
 
 
 def time_rows(decoders: dict[str, Callable[[Batch], list[list[int]]]], batches: list[Batch], reps: int,
-              counter: StepCounter) -> tuple[dict[str, list[float]], dict[str, list[list[int]]], dict[str, Any]]:
-    """Seconds per repetition of each row (interleaved); each row's outputs, decoder steps and decoded rows
-    (summed over steps) from its untimed warm-up."""
+              counter: StepCounter, seed: int = 0
+              ) -> tuple[dict[str, list[float]], dict[str, list[list[int]]], dict[str, Any]]:
+    """Seconds per repetition of each row (interleaved, the rows in an order shuffled per repetition under
+    `seed`); each row's outputs, decoder steps and decoded rows (summed over steps) from its untimed warm-up."""
     outputs, work = {}, {}
     for name, go in decoders.items():
         counter.steps = counter.rows = 0
         outputs[name] = [t for b in batches for t in go(b)]
         work[name] = {"decoder_steps": counter.steps, "row_steps": counter.rows}
     seconds: dict[str, list[float]] = {name: [] for name in decoders}
+    order = random.Random(seed)
     for _ in range(reps):
-        for name, go in decoders.items():
+        for name in order.sample(list(decoders), len(decoders)):
+            go = decoders[name]
             start = time.perf_counter()
             for b in batches:
                 go(b)
@@ -299,11 +303,23 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"- {line}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Train (or load) the model, map it into BART, check the logits agree, time the rows, print and save."""
-    args = parse_args(argv)
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or load) the model, map it into BART, check the logits agree, time the rows on one thread (the
+    caller's thread count is restored); the figures, also saved as decode.json under args.out."""
     mode = MODES["smoke" if args.smoke else "full"]
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        result = _measure(args, mode)
+    finally:
+        torch.set_num_threads(threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "decode.json", result)
+    return result
+
+
+def _measure(args: argparse.Namespace, mode: Mode) -> dict[str, Any]:
+    """The figures of `measure`, on the thread count already set."""
     restored = restore(args.checkpoint or train(mode, args.out))
     model, task = restored.model.eval(), restored.task
     data = OmegaConf.merge(restored.config.data, {"max_eval_examples": mode.sources})  # the first N, as in training
@@ -319,11 +335,13 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         seconds, outputs, work = time_rows(rows(model, bart, task.bos, task.eos, beam, float(task.cfg.length_penalty)),
                                            batches, args.reps or mode.reps, counter)
-    result = {"checkpoint": str(restored.checkpoint.path), "logits_gap": gap,
-              **report(seconds, outputs, work, batches, beam)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "decode.json", result)
-    print_table(result)
+    return {"checkpoint": str(restored.checkpoint.path), "logits_gap": gap, "mode": "smoke" if args.smoke else "full",
+            **report(seconds, outputs, work, batches, beam)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure, print the table and save the JSON."""
+    print_table(measure(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -71,7 +71,26 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_goal("parallel sweep: N jobs x 1 thread / one N-thread job at a time", "> 1", fair["median"],
                           fair["median"] > 1, f"aggregate real tokens/s on {sweep['cores']} cores (against N jobs x "
                           f"N threads, oversubscribed: {_span(sweep['one_thread_over_fighting'], '.2f')})", fair))
-    return rows + finetune_goals(results.get("finetune"))
+    return rows + finetune_goals(results.get("finetune")) + decoding_goals(results.get("trained_decoding"))
+
+
+DECODING_TARGET = 1.3  # tformer's decoding at least this many times as fast as generate(), every row
+
+
+def decoding_goals(dec: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Greedy and beam search on the trained model, with EOS and at full length: generate()'s time / tformer's."""
+    if not dec:
+        return [_goal("decoding a trained model vs generate()", f">= {DECODING_TARGET:.3g}", None, None,
+                      "not measured (--trained-decoding)")]
+    rows = []
+    for key, ratio in dec["speedup"].items():
+        kind, when = key.split(", ")
+        ours, theirs = dec["rows"][f"tformer {key}"], dec["rows"][f"generate {key}"]
+        stop = "stopping at EOS" if when == "EOS" else "every row to the length limit"
+        rows.append(_ratio_goal(f"{kind} decoding vs generate(), trained model, {stop}", ratio, DECODING_TARGET,
+                                False, f"generate()'s time / ours, one thread; decoder rows x steps "
+                                f"{ours['row_steps']:,} (ours) / {theirs['row_steps']:,}"))
+    return rows
 
 
 FINETUNE_THEIRS = {"hf": ("HF plain loop", 1.3), "trainer": ("HF Trainer, best settings", 1.2)}  # name, target
@@ -150,6 +169,8 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     if "seq2seq" in results:
         console.print(_seq2seq_table(results["seq2seq"]))
         console.print(_decoding_table(results["seq2seq"]["decoding"]))
+    if results.get("trained_decoding"):
+        console.print(_trained_decoding_table(results["trained_decoding"]))
     if results.get("commands"):
         console.print(_commands_table(results["commands"]))
     if results.get("finetune"):
@@ -298,6 +319,46 @@ def _decoding_table(dec: dict[str, Any]) -> Table:
     return t
 
 
+def _trained_decoding_title(dec: dict[str, Any]) -> str:
+    """What the trained-model decoding comparison ran, in one line."""
+    reps = next(iter(dec["rows"].values()))["seconds"]["n"]
+    return (f"Decoding a trained G2P model, tformer against generate() on BART carrying the same weights (logits gap "
+            f"{dec['logits_gap']:.1e}): {dec['sources']} validation sources in batches of {dec['batch']}, one thread, "
+            f"median (min-max) of {reps} repetitions, the rows in an order shuffled per repetition")
+
+
+TRAINED_DECODING_HEADER = ["decoding", "stop", "tformer sources/s", "generate() sources/s", "speed-up",
+                           "decoder rows x steps (tformer / generate)", "same output",
+                           "ended by EOS (tformer / generate)"]
+
+
+def _trained_decoding_rows(dec: dict[str, Any], span: Callable[[dict[str, float] | None, str], str]
+                           ) -> list[list[str]]:
+    """One row per decoding and stop: both sides' speeds, generate()'s time / ours, the work each side did."""
+    rows = []
+    for key, ratio in dec["speedup"].items():
+        kind, when = key.split(", ")
+        ours, theirs = dec["rows"][f"tformer {key}"], dec["rows"][f"generate {key}"]
+        eos = when == "EOS"
+        rows.append([kind, when, span(ours["examples_per_s"], ",.1f"), span(theirs["examples_per_s"], ",.1f"),
+                     span(ratio, ".2f"), f"{ours['row_steps']:,} / {theirs['row_steps']:,}",
+                     f"{100 * dec['same_output'][kind]:.1f} %" if eos else "-",
+                     f"{100 * dec['ended_by_eos'][f'tformer {kind}']:.1f} % / "
+                     f"{100 * dec['ended_by_eos'][f'generate {kind}']:.1f} %" if eos else "-"])
+    return rows
+
+
+def _trained_decoding_table(dec: dict[str, Any]) -> Table:
+    """Trained-model decoding: speeds, speed-ups and work per row, with what differs."""
+    t = Table(title=_trained_decoding_title(dec), title_justify="left",
+              caption="still different: " + "; ".join(dec["differences"]), caption_justify="left")
+    for i, col in enumerate(TRAINED_DECODING_HEADER):
+        t.add_column(col, justify="left" if i < 2 else "right")
+    for row in _trained_decoding_rows(dec, lambda s, fmt: _span(s, fmt) if s else "-"):
+        t.add_row(*row)
+    return t
+
+
 def _goals_table(results: dict[str, Any]) -> Table:
     """The issue's goals: target, measured value, met or not."""
     t = Table(title="Goals (ratios: median (min-max) of per-repetition ours/theirs)", title_justify="left")
@@ -374,7 +435,8 @@ def _md_percent(s: dict[str, float] | None) -> str:
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     """A markdown table: the first column left-aligned, figures right-aligned, text columns (named
     'what differs' or 'detail') left-aligned; pipes in cells escaped."""
-    left = {0} | {i for i, h in enumerate(header) if h in ("batches", "what differs", "detail", "target", "verdict")}
+    text = ("batches", "stop", "what differs", "detail", "target", "verdict")
+    left = {0} | {i for i, h in enumerate(header) if h in text}
     align = ["---" if i in left else "---:" for i in range(len(header))]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -472,6 +534,16 @@ def _md_differences(differences: list[str]) -> list[str]:
     return ["Still different:", "", *(f"- {d}" for d in differences), ""]
 
 
+def _md_trained_decoding(results: dict[str, Any]) -> list[str]:
+    """Decoding a trained model against generate(), when it ran."""
+    dec = results.get("trained_decoding")
+    if not dec:
+        return []
+    return [f"#### {_trained_decoding_title(dec)}", "",
+            *_md_table(TRAINED_DECODING_HEADER, _trained_decoding_rows(dec, _md_span)), "",
+            *_md_differences(dec["differences"])]
+
+
 def _md_commands(results: dict[str, Any]) -> list[str]:
     """Whole commands, `tformer train` against the Trainer script, when they ran."""
     cmd = results.get("commands")
@@ -528,7 +600,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     """The benchmark's figures as a markdown section: the machine, tables of median (min-max) with what differs
     beside every contender, and every goal marked met or NOT met."""
     return "\n".join([*_md_header(results), *_md_classification(results), *_md_goals(results),
-                      *_md_seq2seq(results), *_md_commands(results), *_md_finetune(results), *_md_padding(results),
+                      *_md_seq2seq(results), *_md_trained_decoding(results), *_md_commands(results),
+                      *_md_finetune(results), *_md_padding(results),
                       *_md_other(results)]) + "\n"
 
 

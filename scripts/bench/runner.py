@@ -76,10 +76,10 @@ CONTENDERS: dict[str, Spec] = {
                           "positions without sqrt(d) token scaling (ours: fixed sinusoids); the full last layer; "
                           "mean cross-entropy, no schedule"),
 }
-WHAT_IF = {  # proposed changes to our step (what_if.py), timed only with --what-if
+WHAT_IF = {  # our step with a speed choice undone (what_if.py), timed only with --what-if
     f"ours+{name}": Spec(f"tformer + {name}", "length-bucketed", False, False,
                          lambda w, s, changes=changes: C.ours(w, s, changes=changes),
-                         f"proposed change to our step: {name} (what_if.py)")
+                         f"our step with one speed choice undone: {name} (what_if.py)")
     for name, changes in VARIANTS.items()
 }
 WHAT_IF["ours+compile"] = Spec("tformer, trainer.compile=true", "length-bucketed", False, False,

@@ -1,9 +1,11 @@
-"""Proposed changes to our training step, measured beside the real one (`--what-if`); nothing here ships.
+"""Changes to our training step, measured beside the real one (`--what-if`); nothing here ships.
 
 Each variant is `tformer train`'s step with changes applied to the built model; a change swaps submodules,
-never a module's forward:
-  no_ffn_dropout  no dropout inside the feed-forward block (BERT, GPT-2 and Vaswani et al. have none there)
-  nn_dropout      torch's nn.Dropout back in place of transformer_cli.model.Dropout (the step before that change)
+never a module's forward. Both undo one of the step's speed choices, so their rows show what that choice is
+worth on the machine at hand:
+  ffn_dropout  dropout inside the feed-forward block again, at the model's residual rate (the step before
+               model.ffn_dropout=0 became the default, as in BERT, GPT-2 and Vaswani et al.)
+  nn_dropout   torch's nn.Dropout back in place of transformer_cli.model.Dropout (the step before that change)
 (Fused AdamW is every contender's optimizer, and the first-token shortcut is part of tformer; the step
 without it is the `ours_full` contender.)
 """
@@ -15,11 +17,12 @@ from torch import nn
 from transformer_cli.model import Dropout, FeedForward
 
 
-def no_ffn_dropout(model: nn.Module) -> None:
-    """Remove the dropout between the feed-forward block's two linear maps."""
+def ffn_dropout(model: nn.Module) -> None:
+    """Dropout between the feed-forward block's two linear maps, at the rate of the model's other dropout."""
+    rate = next((m.p for m in model.modules() if isinstance(m, Dropout) and m.p > 0), 0.1)
     for module in model.modules():
         if isinstance(module, FeedForward):
-            module.dropout = nn.Identity()
+            module.dropout = Dropout(rate)
 
 
 def nn_dropout(model: nn.Module) -> None:
@@ -30,7 +33,7 @@ def nn_dropout(model: nn.Module) -> None:
                 setattr(module, name, nn.Dropout(child.p))
 
 
-CHANGES = {"no_ffn_dropout": no_ffn_dropout, "nn_dropout": nn_dropout}  # name -> change to a built model
+CHANGES = {"ffn_dropout": ffn_dropout, "nn_dropout": nn_dropout}  # name -> change to a built model
 
 
 def apply(changes: tuple[str, ...], model: nn.Module) -> None:

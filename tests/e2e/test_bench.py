@@ -31,7 +31,7 @@ def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
     """One smoke run with every optional row: cheaper than one run per flag."""
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "scripts.bench", "--smoke", "--what-if", "--full-epoch", "--commands", "--finetune",
-           "--out", str(out)]
+           "--trained-decoding", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -82,6 +82,12 @@ def test_smoke_run_writes_the_expected_json(tmp_path: Path, repo: Path) -> None:
             assert finetune["ratios"][side]["examples_per_s"]["median"] > 0
         assert all(goals[g]["measured"] is not None for g in goals if g.startswith("MiniLM fine-tuning"))
         assert "MiniLM fine-tuning" in proc.stdout
+        decoding = results["trained_decoding"]  # a tiny G2P model trained with the CLI, decoded by both sides
+        assert decoding["logits_gap"] < 1e-3 and decoding["mode"] == "smoke"
+        assert set(decoding["speedup"]) == {"greedy, EOS", "greedy, full", "beam 4, EOS", "beam 4, full"}
+        decoding_goals = [g for g in goals if "trained model" in g]
+        assert len(decoding_goals) == 4 and all(goals[g]["measured"] > 0 for g in decoding_goals)
+        assert "Decoding a trained G2P model" in proc.stdout
 
 
 @pytest.mark.slow

@@ -128,6 +128,19 @@ def test_what_if_variants_swap_modules_and_keep_the_model_callable(name: str) ->
     optimizer.step()
 
 
+def test_what_if_variants_each_undo_their_choice() -> None:
+    """Each variant changes the step it is timed against: a variant equal to the shipped step measures nothing."""
+    from transformer_cli.model import Dropout, FeedForward
+
+    model = _tiny_classifier()
+    assert all(m.dropout.p == 0 for m in model.modules() if isinstance(m, FeedForward))  # the shipped default
+    what_if.apply(("ffn_dropout",), model)
+    assert all(m.dropout.p == 0.1 for m in model.modules() if isinstance(m, FeedForward))  # the residual rate
+    what_if.apply(("nn_dropout",), model)
+    assert not any(isinstance(m, Dropout) for m in model.modules())
+    assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+
+
 def _groups(optimizer: torch.optim.Optimizer) -> dict[float, set[int]]:
     """Parameter ids per weight decay, empty groups left out."""
     out: dict[float, set[int]] = {}
