@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -71,7 +72,15 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_goal("parallel sweep: N jobs x 1 thread / one N-thread job at a time", "> 1", fair["median"],
                           fair["median"] > 1, f"aggregate real tokens/s on {sweep['cores']} cores (against N jobs x "
                           f"N threads, oversubscribed: {_span(sweep['one_thread_over_fighting'], '.2f')})", fair))
-    return rows + finetune_goals(results.get("finetune")) + decoding_goals(results.get("trained_decoding"))
+    return (rows + seq2seq_goals(results.get("seq2seq")) + finetune_goals(results.get("finetune"))
+            + decoding_goals(results.get("trained_decoding")))
+
+
+def seq2seq_goals(s2s: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Encoder-decoder training: our source + target tokens/s against BART's plain loop on the same batches."""
+    ratio = (s2s or {}).get("ratios", {}).get("hf_loop_same", {}).get("real_tokens_per_s")
+    return [_ratio_goal("seq2seq training tokens/s vs HF BART plain loop, same batches", ratio, 1.15, False,
+                        "ours / BART, both on our length-bucketed g2p batches" if ratio else "--no-seq2seq")]
 
 
 DECODING_TARGET = 1.3  # tformer's decoding at least this many times as fast as generate(), every row
@@ -456,7 +465,7 @@ def _md_header(results: dict[str, Any]) -> list[str]:
     load_text = f"; load average (1 min) {load['start']:.2f} at the start, {load['end']:.2f} at the end" if load else ""
     lines += [f"- Machine: {meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads{load_text}",
               f"- Versions: {versions}",
-              f"- Date: {meta['date']}; command: `{meta.get('command', 'python -m scripts.bench')}`",
+              f"- Date: {meta['date']}; command: `{_public(meta.get('command', 'python -m scripts.bench'))}`",
               f"- Workload: {meta.get('dataset', '?')} ({meta.get('training_examples', 0):,} training examples), "
               f"{meta['model_summary']}, batch {meta['batch_size']}, fp32",
               f"- Every timed figure and ratio: median (min-max) over {meta['reps']} repetitions, the contenders in "
@@ -468,6 +477,11 @@ def _md_header(results: dict[str, Any]) -> list[str]:
                      f"the same run at a typical batch ({shapes}); the MFU ratios divide by tformer without "
                      "the first-token shortcut, which does the work the FLOPs count")
     return lines + [""]
+
+
+def _public(command: str) -> str:
+    """The command as the page shows it: the reused checkpoint's path (a path of the measuring machine) as RUN."""
+    return re.sub(r"(--decode-checkpoint)(=|\s+)\S+", r"\1 RUN", command)
 
 
 def _md_classification(results: dict[str, Any]) -> list[str]:
@@ -621,7 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", type=Path, metavar="PAGE",
                    help=f"replace the text between {BEGIN} and {END} in PAGE (default: print the section)")
     args = p.parse_args(argv)
-    section = render_markdown(json.loads(args.json.read_text()))
+    results = json.loads(args.json.read_text())
+    results["goals"] = goals(results)  # today's goal definitions, on the run's figures
+    section = render_markdown(results)
     if args.write is None:
         sys.stdout.write(section)
         return 0

@@ -531,3 +531,14 @@ def test_markdown_renders_the_whole_command_and_minilm_sections_with_what_differ
     assert "**NOT met**" in text
     without = report.render_markdown(_results())
     assert "Whole commands" not in without and "MiniLM" in without  # goals say "not measured"; no tables
+
+
+def test_the_page_shows_a_reused_checkpoint_as_run_and_checks_the_seq2seq_goal() -> None:
+    """The generated page names no path of the measuring machine, and seq2seq training has its goal row."""
+    for given in ("--decode-checkpoint /x/run --out o.json", "--decode-checkpoint=/x/run --out o.json"):
+        assert report._public(f"python -m scripts.bench {given}") == \
+            "python -m scripts.bench --decode-checkpoint RUN --out o.json"
+    ratio = {"median": 1.2, "min": 1.1, "max": 1.3, "n": 7}
+    [goal] = report.seq2seq_goals({"ratios": {"hf_loop_same": {"real_tokens_per_s": ratio}}})
+    assert goal["met"] and goal["measured"] == 1.2 and goal["target"] == ">= 1.15"
+    assert report.seq2seq_goals(None)[0]["met"] is None
