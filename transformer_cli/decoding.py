@@ -6,7 +6,7 @@ kept for testing and benchmarks) the whole prefix is recomputed every step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -27,8 +27,11 @@ class Stepper:
 
     def __init__(self, model: Seq2SeqModel, src: Tensor, mask: Tensor, use_cache: bool, capacity: int) -> None:
         self.model = model
-        self.memory = model.encode(src, mask)  # encoder states, cross-attention keys and values, mask, ids: a row
-        # per source, shared by that source's running sequences (the G consecutive rows of the decoder's batch)
+        memory = model.encode(src, mask)  # encoder states, cross-attention keys and values, mask, ids: a row per
+        # source, shared by that source's running sequences (the G consecutive rows of the decoder's batch).
+        # The keys and values are made contiguous once: every step multiplies by them, and a strided view would be
+        # copied by each of those matmuls.
+        self.memory = replace(memory, kvs=[(k.contiguous(), v.contiguous()) for k, v in memory.kvs])
         self.caches = [KVCache(capacity) for _ in model.decoder.layers] if use_cache else None  # `capacity` positions
         self.fed = 0  # target positions already inside the caches
 

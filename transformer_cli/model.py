@@ -201,11 +201,10 @@ class CrossAttention(nn.Module):
         self.attn_dropout = cfg.attn_dropout
 
     def memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, S, D) encoder states -> keys and values, each (B, H, S, hs), contiguous: decoding multiplies by
-        them at every step, and a strided view would be copied by every one of those matmuls."""
+        """(B, S, D) encoder states -> keys and values, each (B, H, S, hs) (strided views of one projection)."""
         B, S, D = memory.shape
-        kv = self.kv(memory).view(B, S, 2, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4).contiguous()
-        return kv[0], kv[1]
+        k, v = self.kv(memory).view(B, S, 2, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        return k, v
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], memory_mask: Tensor) -> Tensor:
         """(N, T, D) queries over (B, S) real source positions -> (N, T, D), where N = G * B: the G consecutive

@@ -230,11 +230,17 @@ def seq2seq_rows(settings: Settings, log: Any) -> dict[str, Any]:
             "decoding": seq2seq.decoding(work, settings, log)}
 
 
-def whole_commands(settings: Settings, out: Path, log: Any) -> dict[str, Any] | None:
-    """`tformer train` against the Trainer script, whole commands; None without transformers."""
+def skipped(section: str, log: Any) -> bool:
+    """True (and a note logged) when transformers is missing, so a section that needs it is left out."""
     missing = hf.available()
     if missing:
-        log(f"note: whole commands skipped: {missing}")
+        log(f"note: {section} skipped: {missing}")
+    return missing is not None
+
+
+def whole_commands(settings: Settings, out: Path, log: Any) -> dict[str, Any] | None:
+    """`tformer train` against the Trainer script, whole commands; None without transformers."""
+    if skipped("whole commands", log):
         return None
     log("whole commands: tformer train and the Trainer script, alternating")
     return commands.compare(settings.mode, out.with_name(f"{out.stem}_commands"), log)
@@ -244,9 +250,7 @@ def minilm_finetuning(settings: Settings, out: Path, seeds: str, log: Any) -> di
     """MiniLM fine-tuning, whole commands of tformer, the plain loop and Trainer; None without transformers."""
     from . import finetune
 
-    missing = hf.available()
-    if missing:
-        log(f"note: MiniLM fine-tuning skipped: {missing}")
+    if skipped("MiniLM fine-tuning", log):
         return None
     log("MiniLM fine-tuning: tformer, the plain loop and Trainer, each first in turn")
     smoke = ["--smoke", "--seeds=0"] if settings.mode == "smoke" else [f"--seeds={seeds}"]
@@ -257,9 +261,7 @@ def trained_decoding(settings: Settings, args: argparse.Namespace, log: Any) -> 
     """Greedy and beam search on a trained G2P model against generate(), one thread; None without transformers."""
     from . import decode
 
-    missing = hf.available()
-    if missing:
-        log(f"note: trained-model decoding skipped: {missing}")
+    if skipped("trained-model decoding", log):
         return None
     log("decoding a trained G2P model: tformer and generate(), with EOS and at full length")
     smoke = ["--smoke"] if settings.mode == "smoke" else []
