@@ -354,7 +354,7 @@ class Memory:
                       pick(self.src_ids), None if self.copy_keys is None else pick(self.copy_keys))
 
 
-COPY_FLOOR = 1e-30  # the smallest copy probability a token gets: 8,000 tokens x 1e-30 is far below float32's precision
+COPY_FLOOR = 1e-30  # the copy probability of a source position whose token gets no attention (padding: none)
 
 
 class CopyGenerator(nn.Module):
@@ -383,20 +383,32 @@ class CopyGenerator(nn.Module):
         return self._mix(logits.reshape(B, N // B * T, V), hidden.reshape(B, N // B * T, -1), memory).view(N, T, V)
 
     def _mix(self, logits: Tensor, hidden: Tensor, memory: Memory) -> Tensor:
-        """(B, T, V) vocabulary logits and (B, T, D) decoder states -> (B, T, V) log-probabilities."""
+        """(B, T, V) vocabulary logits and (B, T, D) decoder states -> (B, T, V) log-probabilities.
+
+        With g = sigmoid(gate), p = softmax(logits) and c the copy attention summed per token id, the mixture
+        g p + (1 - g) c differs from g p only at the source's ids: it is computed on those (B, T, S) entries and
+        written into log(g p), not taken over the whole (B, T, V)."""
         B, T, V = logits.shape
         scores = self.query(hidden) @ memory.copy_keys.transpose(1, 2) * self.scale  # (B, T, S)
         scores = scores.float().masked_fill(~memory.mask[:, None, :], float("-inf"))
         attn = torch.softmax(scores, dim=-1)  # (B, T, S) over real source tokens
         context = attn.to(memory.states.dtype) @ memory.states  # (B, T, D)
         gate = self.gate(torch.cat([hidden, context], dim=-1)).float()  # (B, T, 1): logit of generating
+        generate = F.logsigmoid(gate) + torch.log_softmax(logits.float(), dim=-1)  # (B, T, V): log(g p)
+        same = (memory.src_ids[:, :, None] == memory.src_ids[:, None, :]) & memory.mask[:, :, None]  # (B, S, S)
+        copied = attn @ same.to(attn.dtype)  # (B, T, S): the attention on each source position's token id
         ids = memory.src_ids[:, None, :].expand(B, T, -1)  # (B, T, S)
-        copied = torch.zeros(B, T, V, device=logits.device).scatter_add_(2, ids, attn)  # (B, T, V) probabilities
-        # log(0) -> log(COPY_FLOOR): finite, no gradient through it, and |generate - copy| stays well inside exp's
-        # normal range (with float32's smallest normal as the floor, exp over- and underflowed in logaddexp's
-        # backward for most of the (B, T, V) entries, which made the copying model's training step 2x slower).
-        return torch.logaddexp(F.logsigmoid(gate) + torch.log_softmax(logits.float(), dim=-1),
-                               F.logsigmoid(-gate) + copied.clamp_min(COPY_FLOOR).log())
+        at_source = generate.gather(2, ids)  # (B, T, S)
+        # log(0) on padding -> log(COPY_FLOOR): finite, and no gradient through it
+        mixed = torch.logaddexp(at_source, F.logsigmoid(-gate) + copied.clamp_min(COPY_FLOOR).log())  # (B, T, S)
+        first = memory.mask & ~(same & _earlier(same.shape[-1], same.device)).any(dim=1)  # (B, S): each id's
+        # first real position writes its mixture (once, so a repeated id's gradient is not counted twice)
+        return generate.scatter_add(2, ids, (mixed - at_source) * first[:, None, :])
+
+
+def _earlier(S: int, device: torch.device) -> Tensor:
+    """(S, S) True where the row's position comes before the column's."""
+    return torch.ones(S, S, dtype=torch.bool, device=device).triu(1)
 
 
 class Seq2SeqModel(nn.Module):

@@ -73,6 +73,37 @@ def test_copy_gradients_are_finite_and_reach_every_parameter() -> None:
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
+def dense_mixture(model: Seq2SeqModel, src: torch.Tensor, mask: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """The pointer-generator mixture written over the whole (B, T, V), as See et al. state it: the reference."""
+    memory = model.encode(src, mask)
+    hidden = model.decoder(tgt, memory.kvs, memory.mask)  # (B, T, D)
+    logits = model.proj(hidden) * model.scale_out  # (B, T, V)
+    gen = model.copy
+    attn = torch.softmax((gen.query(hidden) @ memory.copy_keys.transpose(1, 2) * gen.scale)
+                         .masked_fill(~mask[:, None, :], float("-inf")), dim=-1)  # (B, T, S)
+    gate = gen.gate(torch.cat([hidden, attn @ memory.states], dim=-1))  # (B, T, 1)
+    copied = torch.zeros(logits.shape).scatter_add_(2, src[:, None, :].expand(-1, tgt.shape[1], -1), attn)
+    p = torch.sigmoid(gate) * torch.softmax(logits, -1) + torch.sigmoid(-gate) * copied  # (B, T, V)
+    return p.log()
+
+
+def test_the_mixture_equals_the_dense_formula_with_repeated_ids_and_padding() -> None:
+    """The mixture computed on the source positions equals the dense (B, T, V) formula, log-probabilities and
+    gradients, when sources repeat ids (their attention adds up) and are padded."""
+    src, mask, tgt = batch()
+    src[0, :4] = torch.tensor([9, 12, 9, 9])  # id 9 three times
+    src[2, 5] = src[2, 1]
+    targets = src[:, 1:6]  # copyable targets, some of them repeated ids
+    ours, reference = copy_model(), copy_model()  # eval mode: no dropout
+    out, ref = ours(src, mask, tgt), dense_mixture(reference, src, mask, tgt)
+    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+    for m, scores in ((ours, out), (reference, ref)):
+        torch.nn.functional.nll_loss(scores.reshape(-1, 50), targets.reshape(-1)).backward()
+    for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-4), name
+
+
 def test_shared_vocab_is_one_table() -> None:
     """Encoder input, decoder input and output projection are the same tensor."""
     model = copy_model(copy=False)
