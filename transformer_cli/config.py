@@ -67,7 +67,7 @@ class ModelConfig:
     d_ff: int | None = 512
     dropout: float = 0.1  # on embeddings and residual branches
     ffn_dropout: float = 0.0  # inside the feed-forward block, after the activation (BERT and Vaswani et al.: none)
-    attn_dropout: float = 0.0  # on attention weights; >0 disables the fused CPU kernel
+    attn_dropout: float = 0.0  # on attention weights; >0 on CPU: two matmuls instead of SDPA's fused kernel
     activation: str | None = "gelu"  # gelu | gelu_tanh (tanh approximation) | relu
     norm: str | None = "pre"  # pre (LayerNorm before each sublayer) | post (original Transformer, BERT)
     positional: str | None = "sinusoidal"  # sinusoidal | learned

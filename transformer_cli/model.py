@@ -27,9 +27,21 @@ def sinusoidal_table(max_positions: int, d_model: int) -> Tensor:
     return table
 
 
+def keep_mask(shape: torch.Size, p: float) -> tuple[Tensor, float]:
+    """A CPU dropout mask: (bool tensor of `shape`, True where kept, the scale 1 / (1 - p) of the kept ones).
+
+    Each element compares 16 random bits with p (rounded to a multiple of 2^-16; the scale uses the rounded p, so
+    the expectation is exact): four elements per 64-bit draw, where torch.rand or bernoulli_ spend a draw each
+    (measured: 2.5x faster than torch.rand(...).ge_(p) on a (32, 30, 384) batch)."""
+    n = math.prod(shape)
+    drop = round(p * 65536)  # of the 65,536 values of 16 bits, this many drop the element
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1).view(torch.int16)[:n]
+    return (bits >= drop - 32768).view(shape), 65536 / (65536 - drop)
+
+
 class Dropout(nn.Module):
-    """Inverted dropout. On CPU the mask comes from uniform draws: the same distribution as nn.Dropout, whose
-    per-element Bernoulli sampler runs on one thread at about twice the cost (30 % of a CPU training step)."""
+    """Inverted dropout. On CPU the mask comes from keep_mask: nn.Dropout's per-element Bernoulli sampler runs
+    on one thread at several times the cost (30 % of a CPU training step)."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -39,13 +51,32 @@ class Dropout(nn.Module):
         """Zero each element with probability p and scale the rest by 1 / (1 - p), in training only."""
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu" or self.p >= 1.0:
-            return F.dropout(x, self.p, training=True)  # CUDA's fused kernel is already fast
-        keep = torch.rand(x.shape, dtype=torch.float32).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # x's shape
-        return x * keep.to(x.dtype)
+        return dropout(x, self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def dropout(x: Tensor, p: float) -> Tensor:
+    """Training-time dropout of x with probability p > 0 (CUDA's fused kernel there; keep_mask on CPU)."""
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    keep, scale = keep_mask(x.shape, p)
+    return x * keep * scale
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout_p: float) -> Tensor:
+    """(B, H, Q, hs) queries over (B, H, S, hs) keys and values -> (B, H, Q, hs); `mask` broadcasts to (B, H, Q, S),
+    True where a key is seen. PyTorch's SDPA kernel, except with attention dropout on CPU, where SDPA falls back
+    to these same matmuls and draws its mask per element: here the mask comes from keep_mask."""
+    if dropout_p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (B, H, Q, S)
+    if causal:
+        scores = scores.masked_fill(torch.ones_like(scores[0, 0], dtype=torch.bool).triu(1), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(dropout(scores.softmax(-1), dropout_p), v)
 
 
 class Embeddings(nn.Module):
@@ -170,12 +201,8 @@ class SelfAttention(nn.Module):
         causal = mask is None and q.shape[2] > 1  # one new query may see every cached key
         if causal and k.shape[2] != q.shape[2]:
             raise ValueError("a cached causal step must feed one token at a time")
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=None if mask is None else mask[:, None, None, :],  # (B, 1, 1, T): only real keys
-            dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=causal,
-        )  # (B, H, T, hs)
+        y = attention(q, k, v, None if mask is None else mask[:, None, None, :],  # (B, 1, 1, T): only real keys
+                      causal, self.attn_dropout if self.training else 0.0)  # (B, H, T, hs)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
     def _first_rows(self, x: Tensor, mask: Tensor | None, first: int) -> Tensor:
@@ -184,8 +211,8 @@ class SelfAttention(nn.Module):
         H, w, b = self.n_heads, self.qkv.weight, self.qkv.bias  # weight rows: query, key, value
         q = F.linear(x[:, :first], w[:D], b[:D]).view(B, first, H, D // H).transpose(1, 2)  # (B, H, first, hs)
         k, v = F.linear(x, w[D:], b[D:]).view(B, T, 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None, None, :],
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        y = attention(q, k, v, None if mask is None else mask[:, None, None, :], False,
+                      self.attn_dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, first, D))
 
 
@@ -215,8 +242,8 @@ class CrossAttention(nn.Module):
         if T == 1 and not self.training:  # a decoding step: G queries per source
             y = few_query_attention(q, kv[0], kv[1], memory_mask)
         else:
-            y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=memory_mask[:, None, None, :],
-                                               dropout_p=self.attn_dropout if self.training else 0.0)
+            y = attention(q, kv[0], kv[1], memory_mask[:, None, None, :], False,
+                          self.attn_dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(N, T, D))
 
 

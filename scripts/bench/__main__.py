@@ -195,7 +195,7 @@ def classification(args: argparse.Namespace, settings: Settings, names: list[str
 
 
 BART = ("BART's layout: post-norm, learned positions, embedding LayerNorm, no sqrt(d) embedding scale; torch's "
-        "nn.Dropout (ours draws masks from uniforms); linear schedule")
+        "nn.Dropout (ours draws 16 random bits per element); linear schedule")
 SEQ2SEQ_DIFFERS = {  # what differs from our encoder-decoder step, where seq2seq.SEQ2SEQ does not say
     "ours": "the reference: `tformer train experiment=g2p`'s step",
     "hf_loop_same": BART,

@@ -47,7 +47,7 @@ DIFFERENCES = (
     "layer computes only the [CLS] position; BERT is post-norm with learned positions, token types, an embedding "
     "LayerNorm, its pooler (no dropout before the dense layer) and its own initialisation; the same sizes, GELU, "
     "LayerNorm epsilon, dropout rates and head dropout",
-    "dropout: torch's nn.Dropout in BERT; tformer draws its masks from uniforms",
+    "dropout: torch's nn.Dropout in BERT; tformer draws 16 random bits per element",
     "batches: tformer's length-bucketed batches; Trainer's group_by_length (mega-batches of 50 batches sorted by "
     "length: more padding)",
     "evaluation: tformer evaluates length-sorted batches; Trainer in file order, each batch padded to its longest",

@@ -13,7 +13,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
     "attention kernel": ("aten::_scaled_dot_product_flash_attention_for_cpu",
                          "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
-    "dropout sampling": ("aten::bernoulli_", "aten::uniform_"),
+    "dropout sampling": ("aten::bernoulli_", "aten::uniform_", "aten::random_"),
     "optimizer arithmetic": ("aten::lerp_", "aten::addcmul_", "aten::addcdiv_", "aten::sqrt", "aten::_fused_adamw_",
                              "aten::_foreach_lerp_", "aten::_foreach_addcmul_", "aten::_foreach_addcdiv_",
                              "aten::_foreach_sqrt"),

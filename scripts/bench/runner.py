@@ -38,7 +38,7 @@ class Spec:
 
 # What every Hugging Face BERT row has that ours has not; the same sizes, dropout rates and optimizer otherwise.
 BERT = ("BERT's layout: post-norm, learned positions, embedding LayerNorm and token types, its pooler (no dropout "
-        "before the dense layer); torch's nn.Dropout (ours draws masks from uniforms); the full last layer; "
+        "before the dense layer); torch's nn.Dropout (ours draws 16 random bits per element); the full last layer; "
         "linear schedule")
 REFERENCE = "ours"  # the shipped step: what epoch-time and tokens/s ratios divide
 FULL = "ours_full"  # our step doing the work the FLOPs count (and the others do): what MFU ratios divide
@@ -72,7 +72,7 @@ CONTENDERS: dict[str, Spec] = {
                                "length-grouped batches (more padding than ours)"),
     "torch_encoder": Spec("nn.TransformerEncoder", "ours (length-bucketed)", False, False,
                           lambda w, s: C.torch_encoder(w, s),
-                          "nn.MultiheadAttention and torch's nn.Dropout (ours draws masks from uniforms); learned "
+                          "nn.MultiheadAttention and torch's nn.Dropout (ours draws 16 random bits per element); learned "
                           "positions without sqrt(d) token scaling (ours: fixed sinusoids); the full last layer; "
                           "mean cross-entropy, no schedule"),
 }

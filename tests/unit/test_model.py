@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_cli.config import ModelConfig
@@ -17,7 +18,9 @@ from transformer_cli.model import (
     EncoderLayer,
     SelfAttention,
     SequenceModel,
+    attention,
     count_parameters,
+    keep_mask,
     sinusoidal_table,
 )
 
@@ -237,16 +240,48 @@ def test_gradient_reaches_every_parameter(positional: str, norm: str, pooling: s
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_dropout_keeps_1_minus_p_scaled_and_routes_gradients_through_the_mask(p: float) -> None:
-    """The CPU dropout zeroes a p share, scales the rest by 1 / (1 - p), and backpropagates through the same mask."""
+    """The CPU dropout zeroes a p share (p rounded to 2^-16), scales the rest so the expectation is exact, and
+    backpropagates through the same mask."""
     torch.manual_seed(0)
-    x = torch.ones(200_000, requires_grad=True)
+    x = torch.ones(200_001, requires_grad=True)  # not a multiple of the four elements one draw serves
     y = Dropout(p).train()(x)
     kept = y != 0
     assert abs(kept.float().mean().item() - (1 - p)) < 0.005
-    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    rounded = round(p * 65536) / 65536
+    assert abs(rounded - p) <= 2**-17 and torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - rounded)))
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())
     assert torch.equal(Dropout(p).eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+
+
+def test_keep_mask_bits_are_uniform_and_independent_across_the_four_of_a_draw() -> None:
+    """Each of the four elements one 64-bit draw serves is kept at the same rate, and neighbours independently."""
+    torch.manual_seed(0)
+    keep, scale = keep_mask(torch.Size([4_000_000]), 0.1)
+    lanes = keep.view(-1, 4).float()  # (draws, 4)
+    assert torch.allclose(lanes.mean(0), torch.full((4,), 0.9), atol=0.002)
+    both = (lanes[:, 0] * lanes[:, 1]).mean()
+    assert abs(both.item() - 0.81) < 0.002  # P(kept and kept) of two elements of one draw
+    assert scale == 65536 / (65536 - 6554)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_with_dropout_is_sdpa_with_the_dropped_weights(causal: bool) -> None:
+    """On CPU with attention dropout, attention() computes SDPA's function: with nothing dropped it equals SDPA
+    (masked or causal); with p = 0.5 it equals the softmax weights times the keep_mask drawn from the same seed."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 5, 8).unbind(0)  # (B, H, T, hs) each
+    mask = None if causal else torch.tensor([[True] * 5, [True, True, True, False, False]])[:, None, None, :]
+    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    assert torch.allclose(attention(q, k, v, mask, causal, 1e-9), sdpa, atol=1e-6)  # p rounds to 0: keeps all
+    torch.manual_seed(1)
+    out = attention(q, k, v, mask, causal, 0.5)
+    torch.manual_seed(1)
+    keep, scale = keep_mask(torch.Size([2, 4, 5, 5]), 0.5)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(8)  # (B, H, T, T)
+    hidden = torch.ones(5, 5, dtype=torch.bool).triu(1) if causal else ~mask
+    weights = scores.masked_fill(hidden, float("-inf")).softmax(-1)
+    assert torch.allclose(out, (weights * keep * scale) @ v, atol=1e-6)
 
 
 # ---------------------------------------------------------------- first-token shortcut, fused AdamW
