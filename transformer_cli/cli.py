@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from transformer_cli import sweep
+from transformer_cli.allocator import tune_malloc
 from transformer_cli.catalog import use_config_dirs
 from transformer_cli.code_guard import check_command_line
 from transformer_cli.completion import SHELL_COMPLETION_FLAGS, complete
@@ -207,6 +208,7 @@ def run_app(command: str, rest: list[str]) -> None:
     and sweeper from it before the command's own code runs (transformer_cli/code_guard.py)."""
     rest = _guard(lambda: use_config_dirs(rest))
     _guard(lambda: check_command(command, rest))
+    tune_malloc()  # before the first large tensor
     run_hydra(command, rest, COMMANDS[command])
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from transformer_cli.allocator import tune_malloc
 from transformer_cli.checkpoint import (
     CheckpointDir,
     corrupt,
@@ -74,6 +75,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     Returns the best value of the monitored validation metric (what Hydra sweepers optimise)."""
     start = time.time()
     check_train_config(cfg)
+    tune_malloc()  # the CLI did already; a call from Python gets it here
     dist, device = setup_distributed(resolve_device(cfg.trainer.device))
     try:
         run_dir = Path(dist.broadcast(str(run_dir)))  # rank 0's run dir for all
@@ -270,4 +272,5 @@ def eval_split(cfg: DictConfig, train_cfg: DictConfig) -> RawSplit:
 def environment() -> dict[str, Any]:
     """Versions and hardware, for the record."""
     return {"tformer": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads()}
+            "platform": platform.platform(), "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads(),
+            "malloc_tuned": tune_malloc()}

@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 
 from transformer_cli import __version__
+from transformer_cli.allocator import tune_malloc
 
 from . import commands, hf, report, runner, seq2seq, workers
 from .contenders import model_shape
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the whole benchmark, print the tables and write the JSON."""
     args = parse_args(argv)
     settings = settings_from(args)
+    tune_malloc()  # as the tformer CLI does: every in-process contender and worker runs with the same allocator
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.worker:
@@ -299,7 +301,8 @@ def meta(settings: Settings, work: Any, names: list[str]) -> dict[str, Any]:
         "date": dt.datetime.now().isoformat(timespec="seconds"), "mode": settings.mode,
         "command": " ".join([Path(sys.executable).name, "-m", "scripts.bench", *sys.argv[1:]]),
         "cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "mkl": torch.backends.mkl.is_available(), "versions": versions, "contenders": names,
+        "mkl": torch.backends.mkl.is_available(), "malloc_tuned": tune_malloc(), "versions": versions,
+        "contenders": names,
         "dataset": work.cfg.data.name, "training_examples": len(work.split), "vocab_size": work.vocab_size,
         "model": {k: m[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "dropout", "attn_dropout", "ffn_dropout",
                                     "norm")},

@@ -48,6 +48,8 @@ DIFFERENCES = (
     "LayerNorm, its pooler (no dropout before the dense layer) and its own initialisation; the same sizes, GELU, "
     "LayerNorm epsilon, dropout rates and head dropout",
     "dropout: torch's nn.Dropout in BERT; tformer draws 16 random bits per element",
+    "allocator: tformer raises glibc malloc's thresholds (blocks up to 1 GiB reuse freed heap memory); the Trainer "
+    "script runs with glibc's defaults (blocks above 32 MiB mapped afresh each time)",
     "batches: tformer's length-bucketed batches; Trainer's group_by_length (mega-batches of 50 batches sorted by "
     "length: more padding)",
     "evaluation: tformer evaluates length-sorted batches; Trainer in file order, each batch padded to its longest",

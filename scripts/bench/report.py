@@ -463,7 +463,10 @@ def _md_header(results: dict[str, Any]) -> list[str]:
                   "the benchmark runs and say nothing about speed. A full run (`python -m scripts.bench`) on a quiet "
                   "machine replaces them.", ""]
     load_text = f"; load average (1 min) {load['start']:.2f} at the start, {load['end']:.2f} at the end" if load else ""
-    lines += [f"- Machine: {meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads{load_text}",
+    malloc = {True: "; glibc malloc thresholds raised, as the tformer CLI raises them, for every in-process "
+                    "contender", False: "; glibc malloc at its defaults"}.get(meta.get("malloc_tuned"), "")
+    lines += [f"- Machine: {meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads{load_text}"
+              f"{malloc}",
               f"- Versions: {versions}",
               f"- Date: {meta['date']}; command: `{_public(meta.get('command', 'python -m scripts.bench'))}`",
               f"- Workload: {meta.get('dataset', '?')} ({meta.get('training_examples', 0):,} training examples), "
