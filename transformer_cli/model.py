@@ -71,12 +71,25 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
     to these same matmuls and draws its mask per element: here the mask comes from keep_mask."""
     if dropout_p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+    return matmul_attention(q, k, v, mask, causal, dropout_p)
+
+
+def matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool = False,
+                     dropout_p: float = 0.0) -> Tensor:
+    """attention() as two batched matmuls: on CPU, faster than SDPA's kernel for a decoding step's few queries,
+    and the form that takes keep_mask's attention dropout."""
     scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (B, H, Q, S)
     if causal:
-        scores = scores.masked_fill(torch.ones_like(scores[0, 0], dtype=torch.bool).triu(1), float("-inf"))
+        scores = scores.masked_fill(_earlier(scores.shape[-1], scores.device), float("-inf"))  # Q == S
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.matmul(dropout(scores.softmax(-1), dropout_p), v)
+    weights = scores.softmax(-1)
+    return torch.matmul(dropout(weights, dropout_p) if dropout_p > 0 else weights, v)
+
+
+def _earlier(S: int, device: torch.device) -> Tensor:
+    """(S, S) True where the row's position comes before the column's."""
+    return torch.ones(S, S, dtype=torch.bool, device=device).triu(1)
 
 
 class Embeddings(nn.Module):
@@ -123,15 +136,6 @@ class Embeddings(nn.Module):
         sep = (input_ids == self.sep_id).long()
         after = (sep.cumsum(1) - sep).clamp(max=1)  # (B, T): the first separator itself stays in segment 0
         return after * mask.long() if mask is not None else after
-
-
-def few_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """Attention of a few queries per row (a decoding step), (B, H, Q, hs) over (B, H, S, hs) keys and values (a
-    (B, S) key mask or None) -> (B, H, Q, hs): two batched matmuls, faster on CPU than SDPA's kernel there."""
-    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (B, H, Q, S)
-    if mask is not None:
-        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-    return torch.matmul(scores.softmax(-1), v)
 
 
 class KVCache:
@@ -197,7 +201,7 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, H, t+T, hs)
             if T == 1 and not self.training:
-                return self.out(few_query_attention(q, k, v, None).transpose(1, 2).reshape(B, T, D))
+                return self.out(matmul_attention(q, k, v, None).transpose(1, 2).reshape(B, T, D))
         causal = mask is None and q.shape[2] > 1  # one new query may see every cached key
         if causal and k.shape[2] != q.shape[2]:
             raise ValueError("a cached causal step must feed one token at a time")
@@ -240,7 +244,7 @@ class CrossAttention(nn.Module):
         B = kv[0].shape[0]
         q = self.q(x).view(B, N // B * T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, G*T, hs)
         if T == 1 and not self.training:  # a decoding step: G queries per source
-            y = few_query_attention(q, kv[0], kv[1], memory_mask)
+            y = matmul_attention(q, kv[0], kv[1], memory_mask[:, None, None, :])
         else:
             y = attention(q, kv[0], kv[1], memory_mask[:, None, None, :], False,
                           self.attn_dropout if self.training else 0.0)
@@ -431,11 +435,6 @@ class CopyGenerator(nn.Module):
         first = memory.mask & ~(same & _earlier(same.shape[-1], same.device)).any(dim=1)  # (B, S): each id's
         # first real position writes its mixture (once, so a repeated id's gradient is not counted twice)
         return generate.scatter_add(2, ids, (mixed - at_source) * first[:, None, :])
-
-
-def _earlier(S: int, device: torch.device) -> Tensor:
-    """(S, S) True where the row's position comes before the column's."""
-    return torch.ones(S, S, dtype=torch.bool, device=device).triu(1)
 
 
 class Seq2SeqModel(nn.Module):

@@ -72,9 +72,9 @@ CONTENDERS: dict[str, Spec] = {
                                "length-grouped batches (more padding than ours)"),
     "torch_encoder": Spec("nn.TransformerEncoder", "ours (length-bucketed)", False, False,
                           lambda w, s: C.torch_encoder(w, s),
-                          "nn.MultiheadAttention and torch's nn.Dropout (ours draws 16 random bits per element); learned "
-                          "positions without sqrt(d) token scaling (ours: fixed sinusoids); the full last layer; "
-                          "mean cross-entropy, no schedule"),
+                          "nn.MultiheadAttention and torch's nn.Dropout (ours draws 16 random bits per element); "
+                          "learned positions without sqrt(d) token scaling (ours: fixed sinusoids); the full last "
+                          "layer; mean cross-entropy, no schedule"),
 }
 WHAT_IF = {  # our step with a speed choice undone (what_if.py), timed only with --what-if
     f"ours+{name}": Spec(f"tformer + {name}", "length-bucketed", False, False,
