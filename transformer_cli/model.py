@@ -376,13 +376,27 @@ class Memory:
     kvs: list[tuple[Tensor, Tensor]]  # per decoder layer: cross-attention keys and values, each (B, H, S, hs)
     mask: Tensor  # (B, S) True on real source tokens
     src_ids: Tensor  # (B, S) source token ids (what a copying model copies)
-    copy_keys: Tensor | None  # (B, S, D) keys of the copy attention; None when the model does not copy
+    copy: CopySource | None  # what the copy attention reads; None when the model does not copy
 
     def index(self, rows: Tensor) -> Memory:
         """The memory of the sources at `rows` (N,), in that order (repeats allowed: beams)."""
         pick = lambda t: t.index_select(0, rows)  # a gather along the batch
         return Memory(pick(self.states), [(pick(k), pick(v)) for k, v in self.kvs], pick(self.mask),
-                      pick(self.src_ids), None if self.copy_keys is None else pick(self.copy_keys))
+                      pick(self.src_ids), None if self.copy is None else self.copy.index(rows))
+
+
+@dataclass
+class CopySource:
+    """The copy attention's view of a batch of sources, computed with the memory (not at every decoding step)."""
+
+    keys: Tensor  # (B, S, D) keys of the copy attention
+    same: Tensor  # (B, S, S) float32: 1 where real positions i and j hold the same token id, else 0
+    first: Tensor  # (B, S) True on each token id's first real position
+
+    def index(self, rows: Tensor) -> CopySource:
+        """The view of the sources at `rows` (N,), in that order."""
+        return CopySource(self.keys.index_select(0, rows), self.same.index_select(0, rows),
+                          self.first.index_select(0, rows))
 
 
 COPY_FLOOR = 1e-30  # the copy probability of a source position whose token gets no attention (padding: none)
@@ -402,9 +416,11 @@ class CopyGenerator(nn.Module):
         self.gate = nn.Linear(2 * d_model, 1)
         self.scale = d_model**-0.5
 
-    def keys(self, states: Tensor) -> Tensor:
-        """(B, S, D) encoder states -> (B, S, D) copy-attention keys (once per source)."""
-        return self.key(states)
+    def source(self, states: Tensor, src_ids: Tensor, mask: Tensor) -> CopySource:
+        """(B, S, D) encoder states, (B, S) ids and mask -> the keys and token-id matches (once per source)."""
+        same = (src_ids[:, :, None] == src_ids[:, None, :]) & mask[:, :, None]  # (B, S, S)
+        first = mask & ~(same & _earlier(same.shape[-1], same.device)).any(dim=1)  # (B, S)
+        return CopySource(self.key(states), same.float(), first)
 
     def forward(self, logits: Tensor, hidden: Tensor, memory: Memory) -> Tensor:
         """(N, T, V) vocabulary logits and (N, T, D) decoder states -> (N, T, V) log-probabilities; N = G * B
@@ -420,21 +436,20 @@ class CopyGenerator(nn.Module):
         g p + (1 - g) c differs from g p only at the source's ids: it is computed on those (B, T, S) entries and
         written into log(g p), not taken over the whole (B, T, V)."""
         B, T, V = logits.shape
-        scores = self.query(hidden) @ memory.copy_keys.transpose(1, 2) * self.scale  # (B, T, S)
+        source = memory.copy
+        scores = self.query(hidden) @ source.keys.transpose(1, 2) * self.scale  # (B, T, S)
         scores = scores.float().masked_fill(~memory.mask[:, None, :], float("-inf"))
         attn = torch.softmax(scores, dim=-1)  # (B, T, S) over real source tokens
         context = attn.to(memory.states.dtype) @ memory.states  # (B, T, D)
         gate = self.gate(torch.cat([hidden, context], dim=-1)).float()  # (B, T, 1): logit of generating
         generate = F.logsigmoid(gate) + torch.log_softmax(logits.float(), dim=-1)  # (B, T, V): log(g p)
-        same = (memory.src_ids[:, :, None] == memory.src_ids[:, None, :]) & memory.mask[:, :, None]  # (B, S, S)
-        copied = attn @ same.to(attn.dtype)  # (B, T, S): the attention on each source position's token id
+        copied = attn @ source.same  # (B, T, S): the attention on each source position's token id
         ids = memory.src_ids[:, None, :].expand(B, T, -1)  # (B, T, S)
         at_source = generate.gather(2, ids)  # (B, T, S)
         # log(0) on padding -> log(COPY_FLOOR): finite, and no gradient through it
         mixed = torch.logaddexp(at_source, F.logsigmoid(-gate) + copied.clamp_min(COPY_FLOOR).log())  # (B, T, S)
-        first = memory.mask & ~(same & _earlier(same.shape[-1], same.device)).any(dim=1)  # (B, S): each id's
-        # first real position writes its mixture (once, so a repeated id's gradient is not counted twice)
-        return generate.scatter_add(2, ids, (mixed - at_source) * first[:, None, :])
+        # each id's first real position writes its mixture (once, so a repeated id's gradient is not counted twice)
+        return generate.scatter_add(2, ids, (mixed - at_source) * source.first[:, None, :])
 
 
 class Seq2SeqModel(nn.Module):
@@ -478,8 +493,8 @@ class Seq2SeqModel(nn.Module):
     def encode(self, src_ids: Tensor, src_mask: Tensor) -> Memory:
         """(B, S) source ids and mask -> everything the decoder reads of them."""
         states = self.encoder(src_ids, src_mask)  # (B, S, D)
-        keys = None if self.copy is None else self.copy.keys(states)
-        return Memory(states, self.decoder.memory(states), src_mask, src_ids, keys)
+        copy = None if self.copy is None else self.copy.source(states, src_ids, src_mask)
+        return Memory(states, self.decoder.memory(states), src_mask, src_ids, copy)
 
     def scores(self, hidden: Tensor, memory: Memory) -> Tensor:
         """(B, T, D) decoder states -> (B, T, V) next-token logits, or log-probabilities when copying."""

@@ -79,7 +79,7 @@ def dense_mixture(model: Seq2SeqModel, src: torch.Tensor, mask: torch.Tensor, tg
     hidden = model.decoder(tgt, memory.kvs, memory.mask)  # (B, T, D)
     logits = model.proj(hidden) * model.scale_out  # (B, T, V)
     gen = model.copy
-    attn = torch.softmax((gen.query(hidden) @ memory.copy_keys.transpose(1, 2) * gen.scale)
+    attn = torch.softmax((gen.query(hidden) @ memory.copy.keys.transpose(1, 2) * gen.scale)
                          .masked_fill(~mask[:, None, :], float("-inf")), dim=-1)  # (B, T, S)
     gate = gen.gate(torch.cat([hidden, attn @ memory.states], dim=-1))  # (B, T, 1)
     copied = torch.zeros(logits.shape).scatter_add_(2, src[:, None, :].expand(-1, tgt.shape[1], -1), attn)
