@@ -300,7 +300,8 @@ def meta(settings: Settings, work: Any, names: list[str]) -> dict[str, Any]:
     return {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "mode": settings.mode,
         "command": " ".join([Path(sys.executable).name, "-m", "scripts.bench", *sys.argv[1:]]),
-        "cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": _cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "mkl": torch.backends.mkl.is_available(), "malloc_tuned": tune_malloc(), "versions": versions,
         "contenders": names,
         "dataset": work.cfg.data.name, "training_examples": len(work.split), "vocab_size": work.vocab_size,

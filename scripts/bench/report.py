@@ -429,6 +429,12 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"  # the generated section lies between these lines
 
 
+def markers(name: str | None) -> tuple[str, str]:
+    """The marker lines around a generated section: the unnamed pair, or one pair per `name` (a page may keep a
+    section per kind of machine)."""
+    return (BEGIN, END) if not name else (f"<!-- bench:begin {name} -->", f"<!-- bench:end {name} -->")
+
+
 def _md_span(s: dict[str, float] | None, fmt: str) -> str:
     """'median (min-max)' of a summary, or a dash when it is absent."""
     if not s or s.get("median") is None:
@@ -465,7 +471,8 @@ def _md_header(results: dict[str, Any]) -> list[str]:
     load_text = f"; load average (1 min) {load['start']:.2f} at the start, {load['end']:.2f} at the end" if load else ""
     malloc = {True: "; glibc malloc thresholds raised, as the tformer CLI raises them, for every in-process "
                     "contender", False: "; glibc malloc at its defaults"}.get(meta.get("malloc_tuned"), "")
-    lines += [f"- Machine: {meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads{load_text}"
+    isa = f" ({meta['cpu_capability']} kernels)" if meta.get("cpu_capability") else ""  # torch's CPU dispatch
+    lines += [f"- Machine: {meta['cpu']}{isa}, {meta['cores']} cores, {meta['torch_threads']} torch threads{load_text}"
               f"{malloc}",
               f"- Versions: {versions}",
               f"- Date: {meta['date']}; command: `{_public(meta.get('command', 'python -m scripts.bench'))}`",
@@ -622,12 +629,13 @@ def render_markdown(results: dict[str, Any]) -> str:
                       *_md_other(results)]) + "\n"
 
 
-def replace_section(page: str, section: str) -> str:
-    """The page with the text between the BEGIN and END marker lines replaced by `section`."""
-    start, end = page.find(BEGIN), page.find(END)
+def replace_section(page: str, section: str, name: str | None = None) -> str:
+    """The page with the text between the marker lines of `name` replaced by `section`."""
+    begin, end_marker = markers(name)
+    start, end = page.find(begin), page.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"the page has no {BEGIN} ... {END} pair of markers")
-    return page[: start + len(BEGIN)] + "\n" + section + page[end:]
+        raise ValueError(f"the page has no {begin} ... {end_marker} pair of markers")
+    return page[: start + len(begin)] + "\n" + section + page[end:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -637,6 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("json", type=Path, help="the benchmark's JSON (python -m scripts.bench --out)")
     p.add_argument("--write", type=Path, metavar="PAGE",
                    help=f"replace the text between {BEGIN} and {END} in PAGE (default: print the section)")
+    p.add_argument("--section", metavar="NAME",
+                   help="write the section between <!-- bench:begin NAME --> and <!-- bench:end NAME --> instead "
+                        "(one per kind of machine)")
     args = p.parse_args(argv)
     results = json.loads(args.json.read_text())
     results["goals"] = goals(results)  # today's goal definitions, on the run's figures
@@ -645,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(section)
         return 0
     try:
-        args.write.write_text(replace_section(args.write.read_text(), section))
+        args.write.write_text(replace_section(args.write.read_text(), section, args.section))
     except ValueError as err:
         raise SystemExit(f"{args.write}: {err}") from None
     return 0
