@@ -20,6 +20,7 @@ from transformer_cli.model import (
     SequenceModel,
     attention,
     count_parameters,
+    dropout,
     keep_mask,
     sinusoidal_table,
 )
@@ -252,6 +253,21 @@ def test_dropout_keeps_1_minus_p_scaled_and_routes_gradients_through_the_mask(p:
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())
     assert torch.equal(Dropout(p).eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_equals_the_input_times_the_seeded_mask_times_the_scale(dtype: torch.dtype) -> None:
+    """dropout(x) is x * keep * scale with keep_mask's mask of the same seed, bit for bit, values and gradients
+    (float32 multiplies by one float mask; half precision keeps the scale out of the mask, where it would round)."""
+    x = torch.randn(3, 7, 33).to(dtype).requires_grad_(True)
+    torch.manual_seed(5)
+    y = dropout(x, 0.1)
+    torch.manual_seed(5)
+    keep, scale = keep_mask(x.shape, 0.1)
+    reference = x.detach() * keep * scale
+    assert y.dtype == dtype and torch.equal(y, reference)
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, torch.ones_like(x) * keep * scale)
 
 
 def test_keep_mask_bits_are_uniform_and_independent_across_the_four_of_a_draw() -> None:
